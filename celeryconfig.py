@@ -1,0 +1,41 @@
+"""Celery settings for the workers (and the web's task sender), read from the environment.
+
+Celery's own settings are lowercase module attributes; Flock's worker settings
+use the `flock_` prefix and are read by tasks/resources.py through `app.conf`.
+"""
+
+import os
+
+# The broker may live elsewhere (another Redis database, RabbitMQ); the cache lives at REDIS_URL.
+flock_redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+broker_url = os.environ.get("CELERY_BROKER_URL", flock_redis_url)
+broker_connection_retry_on_startup = True
+
+# Results travel through Flock's own keys and pub/sub, not Celery's result backend.
+task_ignore_result = True
+
+# A message is acknowledged only after its task ran, and a task whose worker died
+# is requeued: no message is lost. Waiters do not rely on this for speed (lease takeover).
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+
+task_routes = {
+    "flock.answer": {"queue": "embed"},
+    "flock.generate": {"queue": "llm"},
+}
+task_default_queue = "embed"
+
+# Flower shows every task only when workers send events.
+worker_send_task_events = True
+task_send_sent_event = True
+
+task_serializer = "json"
+accept_content = ["json"]
+
+flock_key_prefix = os.environ.get("FLOCK_KEY_PREFIX", "flock:v1:")
+flock_ollama_url = os.environ.get("OLLAMA_URL", "http://127.0.0.1:11434")
+flock_llm_timeout_s = float(os.environ.get("LLM_TIMEOUT_S", "120"))
+flock_llm_max_retries = int(os.environ.get("LLM_MAX_RETRIES", "2"))
+flock_llm_retry_backoff_s = float(os.environ.get("LLM_RETRY_BACKOFF_S", "0.5"))
+flock_lock_lease_ms = int(os.environ.get("LOCK_LEASE_MS", "10000"))

@@ -1,0 +1,20 @@
+"""The two tasks of a request: `answer` (queue embed) and `generate` (queue llm).
+
+Thin wrappers: they parse the job and call the plain functions in tasks.flow.
+A job is a small JSON dict built by the web (see webapp.chat.build_job).
+"""
+
+from tasks import flow
+from tasks.app import app
+from tasks.resources import resources
+
+
+@app.task(name="flock.answer")
+def answer(job: dict) -> None:
+    if flow.answer(resources(), job):
+        app.send_task("flock.generate", args=[job], queue="llm")
+
+
+@app.task(name="flock.generate")
+def generate(job: dict) -> None:
+    flow.generate(resources(), job)

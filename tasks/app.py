@@ -1,0 +1,6 @@
+"""The Celery app. Importing it loads no task and no model: the web sends tasks by name."""
+
+from celery import Celery
+
+app = Celery("flock", include=["tasks.answer"])
+app.config_from_object("celeryconfig")

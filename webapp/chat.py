@@ -1,0 +1,116 @@
+"""The web half of a request: exact lookup, single-flight lease, dispatch, wait.
+
+1. GET resp:<key>: a hit is answered at once (one Redis round trip).
+2. Register for the key's wake-up, then check again and take the lease if nobody
+   holds it (SET NX): the winner dispatches one `answer` task, everyone waits.
+3. Wait for the outcome, polling the key and the lease now and then: a lease that
+   lapsed with no answer means its worker died, and a waiter takes over.
+"""
+
+from __future__ import annotations
+
+import queue
+import random
+import time
+import uuid
+from dataclasses import dataclass, replace
+from typing import Any
+
+from kombu.exceptions import OperationalError
+
+from cache import CacheKey, Entry, Outcome
+from webapp.errors import ApiError, LLMFailed, WaitTimeout
+from webapp.schemas import ChatRequest
+from webapp.services import Services
+
+
+class BrokerUnavailable(ApiError):
+    status = 503
+    code = "broker_unavailable"
+
+
+@dataclass(frozen=True)
+class Answer:
+    entry: Entry
+    status: str
+    similarity: float | None = None
+    matched_prompt: str | None = None
+
+
+def ask(svc: Services, req: ChatRequest, ttl_s: int, timeout_s: float) -> Answer:
+    key = CacheKey.build(req.model, req.messages, req.options)
+    if req.mode == "use":
+        entry = svc.store.get(key.exact)
+        if entry is not None:
+            return Answer(entry, "exact")
+    if req.mode == "bypass":
+        # A key of its own: single-flight and wake-ups work as usual, nothing is stored.
+        key = replace(key, exact=f"bypass-{uuid.uuid4().hex}")
+    stale = svc.store.get(key.exact) if req.mode == "refresh" else None
+    job = {
+        "key": key.exact,
+        "namespace": key.namespace,
+        "prompt": key.prompt,
+        "model": req.model,
+        "messages": req.messages,
+        "options": req.options,
+        "mode": req.mode,
+        "ttl": None if req.mode == "bypass" else ttl_s,
+    }
+    svc.hub.start()
+    with svc.hub.watch(key.exact) as box:
+        return _wait(svc, job, box, stale.id if stale else None, timeout_s)
+
+
+def _wait(
+    svc: Services,
+    job: dict[str, Any],
+    box: queue.SimpleQueue[Outcome],
+    stale_id: str | None,
+    timeout_s: float,
+) -> Answer:
+    key = job["key"]
+    mine: set[str] = set()
+    deadline = time.monotonic() + timeout_s
+    # Poll often enough to notice a lapsed lease soon after it lapses.
+    poll_s = min(2.0, max(0.2, svc.lease.lease_ms / 3000))
+    first = True
+    while True:
+        entry, holder = svc.store.peek(key)
+        if entry is not None and entry.id != stale_id and job["mode"] != "bypass":
+            # Found by polling: a wake-up was missed, or the answer landed just now.
+            if first and job["mode"] == "use":
+                return Answer(entry, "exact")
+            return Answer(entry, "miss" if mine or job["mode"] != "use" else "coalesced")
+        if holder is None:
+            _take_lease(svc, job, mine)
+        first = False
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise WaitTimeout(f"no answer within {timeout_s:g} s")
+        try:
+            outcome = box.get(timeout=min(remaining, poll_s * random.uniform(0.8, 1.2)))
+        except queue.Empty:
+            continue
+        if outcome.error_code is not None:
+            raise LLMFailed(outcome.error_message or "the LLM failed", code=outcome.error_code)
+        if outcome.entry is None or outcome.entry.id == stale_id:
+            continue
+        status = outcome.status
+        if job["mode"] != "use":
+            status = "miss"  # refresh and bypass always ask the LLM themselves
+        elif status == "miss" and outcome.attempt not in mine:
+            status = "coalesced"
+        return Answer(outcome.entry, status, outcome.similarity, outcome.matched_prompt)
+
+
+def _take_lease(svc: Services, job: dict[str, Any], mine: set[str]) -> None:
+    attempt = uuid.uuid4().hex
+    if not svc.lease.acquire(job["key"], attempt):
+        return
+    try:
+        svc.dispatch("flock.answer", {**job, "attempt": attempt}, queue="embed")
+    except OperationalError as exc:
+        svc.lease.release(job["key"], attempt)
+        raise BrokerUnavailable(f"cannot reach the task broker: {exc}") from exc
+    mine.add(attempt)

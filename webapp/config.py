@@ -1,0 +1,24 @@
+"""Web-tier settings, read once from the environment (12-factor)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+
+def from_env(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    return {
+        "REDIS_URL": env.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+        "CELERY_BROKER_URL": env.get("CELERY_BROKER_URL")
+        or env.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+        "KEY_PREFIX": env.get("FLOCK_KEY_PREFIX", "flock:v1:"),
+        "OLLAMA_MODEL": env.get("OLLAMA_MODEL", "llama3.2:1b"),
+        "CACHE_TTL": int(env.get("CACHE_TTL", str(7 * 24 * 3600))),
+        "LOCK_LEASE_MS": int(env.get("LOCK_LEASE_MS", "10000")),
+        "REQUEST_TIMEOUT_S": float(env.get("REQUEST_TIMEOUT_S", "120")),
+        "MAX_PROMPT_CHARS": int(env.get("MAX_PROMPT_CHARS", "32000")),
+        "REDIS_MAX_CONNECTIONS": int(env.get("REDIS_MAX_CONNECTIONS", "50")),
+        # Flask refuses bigger bodies with 413 before parsing them.
+        "MAX_CONTENT_LENGTH": int(env.get("MAX_BODY_BYTES", str(1024 * 1024))),
+    }

@@ -1,0 +1,68 @@
+"""The API's errors: one JSON shape, `{"error": {"code", "message"}}`, one handler.
+
+ApiError            base, 500 internal_error
+├── BadRequest      400 (malformed JSON, missing or mistyped fields, unknown roles...)
+├── TooLarge        413 prompt or body over the limit
+├── LLMFailed       502 the LLM failed for good (carries its message)
+└── WaitTimeout     504 no answer within REQUEST_TIMEOUT_S
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class BadRequest(ApiError):
+    status = 400
+    code = "bad_request"
+
+
+class TooLarge(ApiError):
+    status = 413
+    code = "too_large"
+
+
+class LLMFailed(ApiError):
+    status = 502
+    code = "llm_error"
+
+
+class WaitTimeout(ApiError):
+    status = 504
+    code = "timeout"
+
+
+def error_response(status: int, code: str, message: str):
+    return jsonify({"error": {"code": code, "message": message}}), status
+
+
+def init_app(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError):
+        return error_response(exc.status, exc.code, exc.message)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        code = (exc.name or "error").lower().replace(" ", "_")
+        return error_response(exc.code or 500, code, exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        log.exception("unhandled error")
+        return error_response(500, "internal_error", "internal error")
