@@ -1,0 +1,57 @@
+"""The module map's one direction of imports, checked on the source."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+OURS = {"webapp", "tasks", "inference", "cache", "celeryconfig"}
+ALLOWED = {
+    "webapp": {"webapp", "cache", "tasks.app"},
+    "tasks": {"tasks", "cache", "inference"},
+    "inference": {"inference"},
+    "cache": {"cache"},
+}
+# Libraries that load models: never in a web process.
+HEAVY = {"torch", "sentence_transformers", "onnxruntime", "transformers", "xllamacpp"}
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names |= {f"{node.module}.{a.name}" for a in node.names} | {node.module}
+    return names
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_imports_follow_the_module_map(package):
+    bad = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        for name in _imports(path):
+            top = name.split(".")[0]
+            if top in OURS and not any(
+                name == a or name.startswith(a + ".") for a in ALLOWED[package]
+            ):
+                bad.append(f"{path.relative_to(ROOT)} imports {name}")
+            if package == "webapp" and top in HEAVY:
+                bad.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert bad == []
+
+
+def test_web_process_loads_no_model_library():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, webapp; webapp.create_app();"
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {sorted(HEAVY)!r}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
