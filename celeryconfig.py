@@ -33,9 +33,16 @@ task_send_sent_event = True
 task_serializer = "json"
 accept_content = ["json"]
 
+flock_database_url = os.environ.get("DATABASE_URL", "postgresql:///flock")
 flock_key_prefix = os.environ.get("FLOCK_KEY_PREFIX", "flock:v1:")
 flock_ollama_url = os.environ.get("OLLAMA_URL", "http://127.0.0.1:11434")
 flock_llm_timeout_s = float(os.environ.get("LLM_TIMEOUT_S", "120"))
 flock_llm_max_retries = int(os.environ.get("LLM_MAX_RETRIES", "2"))
 flock_llm_retry_backoff_s = float(os.environ.get("LLM_RETRY_BACKOFF_S", "0.5"))
 flock_lock_lease_ms = int(os.environ.get("LOCK_LEASE_MS", "10000"))
+# The ONNX export of the embedding model is built once and kept here.
+flock_embed_cache_dir = os.environ.get("EMBED_CACHE_DIR", "var/models")
+# Eviction: a sweep every EVICT_INTERVAL_S (one across all workers) drops expired
+# entries and the least recently hit beyond CACHE_MAX_ENTRIES.
+flock_cache_max_entries = int(os.environ.get("CACHE_MAX_ENTRIES", "100000"))
+flock_evict_interval_s = float(os.environ.get("EVICT_INTERVAL_S", "30"))

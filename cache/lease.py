@@ -7,10 +7,20 @@ over by any task for the same key (its lease may lapse while the queue is long),
 a running claim only by its own attempt. Nobody else extends or deletes it: all
 writes after the first compare the attempt in Lua. When a worker dies the lease
 lapses and a waiting request takes it over (see webapp.chat).
+
+Followers (semantic coalescing): a request whose prompt is close to one being
+generated joins the leader's `followers:<key>` set and marks its own lock running,
+in one script that first checks the leader's lock still exists. The leader's
+release pops the set and deletes its lock in one script too, so a follower either
+joined before the release (and is popped and answered) or sees no lock and does not
+follow: "I follow you" and "I just finished" cannot cross. The leader's heartbeat
+keeps its followers' locks alive; if the leader dies, they lapse with it.
+Scripts touch follower locks named inside the set: single-node Redis, not Cluster.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -27,21 +37,53 @@ redis.call('SET', KEYS[1], ARGV[2] .. ':' .. ARGV[1], 'PX', ARGV[3])
 return 1
 """
 
-# KEYS[1] lock key; ARGV[1] attempt; ARGV[2] lease ms. Extends only a running claim.
+# KEYS[1] lock key; KEYS[2] its followers set; ARGV[1] attempt; ARGV[2] lease ms;
+# ARGV[3] the lock key prefix. Extends a running claim and the locks of its followers
+# (members are "<key> <attempt> <similarity>").
 _EXTEND = """
-if redis.call('GET', KEYS[1]) == 'r:' .. ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if redis.call('GET', KEYS[1]) ~= 'r:' .. ARGV[1] then
+  return 0
 end
-return 0
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+for _, member in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  local key, attempt = string.match(member, '^(%S+) (%S+)')
+  local lock = ARGV[3] .. key
+  if redis.call('GET', lock) == 'r:' .. attempt then
+    redis.call('PEXPIRE', lock, ARGV[2])
+  end
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[2] * 10)
+return 1
 """
 
-# KEYS[1] lock key; ARGV[1] attempt. Compare-and-delete, whatever the state.
+# KEYS[1] lock key; KEYS[2] its followers set; ARGV[1] attempt. Pops the followers and
+# compare-and-deletes the lock, whatever its state; returns the followers.
 _RELEASE = """
+local followers = redis.call('SMEMBERS', KEYS[2])
+redis.call('DEL', KEYS[2])
 local v = redis.call('GET', KEYS[1])
 if v == 'q:' .. ARGV[1] or v == 'r:' .. ARGV[1] then
-  return redis.call('DEL', KEYS[1])
+  redis.call('DEL', KEYS[1])
 end
-return 0
+return followers
+"""
+
+# KEYS[1] leader's lock; KEYS[2] leader's followers set; KEYS[3] follower's lock;
+# ARGV[1] member "<key> <attempt> <similarity>"; ARGV[2] follower attempt; ARGV[3] lease ms.
+# Joins only while the leader's lock exists, and marks the follower's key running so
+# nobody else generates it meanwhile.
+_FOLLOW = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+local v = redis.call('GET', KEYS[3])
+if v and string.sub(v, 1, 2) == 'r:' and v ~= 'r:' .. ARGV[2] then
+  return 0
+end
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[3] * 10)
+redis.call('SET', KEYS[3], 'r:' .. ARGV[2], 'PX', ARGV[3])
+return 1
 """
 
 
@@ -55,9 +97,13 @@ class Lease:
         self._claim = client.register_script(_CLAIM)
         self._extend = client.register_script(_EXTEND)
         self._release = client.register_script(_RELEASE)
+        self._follow = client.register_script(_FOLLOW)
 
     def key(self, exact_key: str) -> str:
         return f"{self.prefix}lock:{exact_key}"
+
+    def _followers(self, exact_key: str) -> str:
+        return f"{self.prefix}followers:{exact_key}"
 
     def acquire(self, exact_key: str, attempt: str) -> bool:
         """Web side: become the one request that dispatches an attempt."""
@@ -70,8 +116,36 @@ class Lease:
         return bool(self._claim(keys=[self.key(exact_key)], args=[attempt, state, self.lease_ms]))
 
     def extend(self, exact_key: str, attempt: str) -> bool:
-        return bool(self._extend(keys=[self.key(exact_key)], args=[attempt, self.lease_ms]))
+        """Heartbeat of a running attempt; also keeps its followers' leases alive."""
+        keys = [self.key(exact_key), self._followers(exact_key)]
+        return bool(self._extend(keys=keys, args=[attempt, self.lease_ms, self.key("")]))
 
-    def release(self, exact_key: str, attempt: str, client: Any = None) -> None:
-        """Compare-and-delete; pass a pipeline as `client` to release with other writes."""
-        self._release(keys=[self.key(exact_key)], args=[attempt], client=client or self.client)
+    def release(self, exact_key: str, attempt: str, client: Any = None) -> Any:
+        """Compare-and-delete; returns the popped followers as `Follower`s (or, with a
+        pipeline as `client`, queues the call: decode its result with `followers()`)."""
+        keys = [self.key(exact_key), self._followers(exact_key)]
+        result = self._release(keys=keys, args=[attempt], client=client or self.client)
+        return result if client is not None else followers(result)
+
+    def follow(self, leader_key: str, me: Follower) -> bool:
+        """Join the attempt generating `leader_key`; False if it has already finished."""
+        keys = [self.key(leader_key), self._followers(leader_key), self.key(me.key)]
+        return bool(self._follow(keys=keys, args=[me.member(), me.attempt, self.lease_ms]))
+
+
+@dataclass(frozen=True)
+class Follower:
+    key: str
+    attempt: str
+    similarity: float
+
+    def member(self) -> str:
+        return f"{self.key} {self.attempt} {self.similarity:.6f}"
+
+
+def followers(members: list[bytes]) -> list[Follower]:
+    out = []
+    for member in members:
+        key, attempt, similarity = member.decode().split(" ")
+        out.append(Follower(key, attempt, float(similarity)))
+    return out

@@ -11,10 +11,15 @@ from tasks.resources import resources
 
 @app.task(name="flock.answer")
 def answer(job: dict) -> None:
-    if flow.answer(resources(), job):
-        app.send_task("flock.generate", args=[job], queue="llm")
+    res = resources()
+    with flow.errors_reach_waiters(res, job):
+        next_job = flow.answer(res, job)
+        if next_job is not None:
+            app.send_task("flock.generate", args=[next_job], queue="llm")
 
 
 @app.task(name="flock.generate")
 def generate(job: dict) -> None:
-    flow.generate(resources(), job)
+    res = resources()
+    with flow.errors_reach_waiters(res, job):
+        flow.generate(res, job)

@@ -9,29 +9,60 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
+
 from cache import Entry, Outcome
+from cache.lease import Follower
+from cache.semantic import Candidate
 from inference import Completion, LLMError, PermanentLLMError
 from tasks.resources import Resources
 
 log = logging.getLogger(__name__)
 
 
-def answer(res: Resources, job: dict[str, Any]) -> bool:
-    """Serve from the cache if the answer appeared meanwhile; else say whether to generate."""
+def answer(res: Resources, job: dict[str, Any]) -> dict[str, Any] | None:
+    """Serve from the exact or semantic cache, or follow a similar prompt being generated;
+    otherwise return the job for `generate`, with the prompt's embedding."""
     if _served_from_cache(res, job):
-        return False
+        return None
+    if job["mode"] == "bypass":
+        return job if res.lease.claim(job["key"], job["attempt"], "q") else None
+    vector = _embed(res, job["prompt"])
+    ns = job["namespace"]
+    # Announce first, then look at earlier announcements, then search the index: a leader
+    # that finished meanwhile is either still announced or already in the index, since it
+    # adds to the index before it withdraws its announcement.
+    announced = res.inflight.announce(ns, job["key"], job["prompt"], vector)
+    for _ in range(3):
+        leader = _nearest_leader(res, job, vector, before=announced)
+        if job["mode"] == "use" and _served_semantically(res, job, vector):
+            res.inflight.withdraw(ns, announced)
+            return None
+        if leader is None:
+            break
+        me = Follower(job["key"], job["attempt"], leader.similarity)
+        if res.lease.follow(leader.key, me):
+            res.inflight.withdraw(ns, announced)
+            return None
     # Renew the queued lease: the llm queue may hold the job a while longer.
-    return res.lease.claim(job["key"], job["attempt"], "q")
+    if not res.lease.claim(job["key"], job["attempt"], "q"):
+        res.inflight.withdraw(ns, announced)
+        return None
+    return {**job, "embedding": vector.tolist(), "inflight_id": announced}
 
 
 def generate(res: Resources, job: dict[str, Any]) -> None:
     key, attempt = job["key"], job["attempt"]
     if _served_from_cache(res, job):
+        _withdraw(res, job)
         return
     if not res.lease.claim(key, attempt, "r"):
         log.info("another attempt is generating %s; %s steps aside", key[:12], attempt)
+        _withdraw(res, job)
         return
     try:
         with _Heartbeat(res, key, attempt):
@@ -42,16 +73,8 @@ def generate(res: Resources, job: dict[str, Any]) -> None:
             Outcome(attempt=attempt, error_code=exc.code, error_message=str(exc)),
             ttl_s=None,
         )
+        _withdraw(res, job)
         return
-    except Exception as exc:
-        # A bug must not leave waiters hanging until their timeout; tell them, then let
-        # Celery record the failure.
-        res.store.finish(
-            key,
-            Outcome(attempt=attempt, error_code="internal_error", error_message=str(exc)),
-            ttl_s=None,
-        )
-        raise
     entry = Entry(
         key=key,
         namespace=job["namespace"],
@@ -61,13 +84,104 @@ def generate(res: Resources, job: dict[str, Any]) -> None:
         prompt_tokens=completion.prompt_tokens,
         completion_tokens=completion.completion_tokens,
     )
+    if job["ttl"] is not None:
+        # The record first (PostgreSQL), then the index, then the hot copy and the
+        # wake-up: whoever no longer sees our announcement finds the entry.
+        vector = np.asarray(job["embedding"], dtype=np.float32) if job.get("embedding") else None
+        res.repo.put(entry, job["ttl"], vector, job.get("owner_id"), job["scope"] == "private")
+        if vector is not None:
+            res.index.add(job["namespace"], key, job["prompt"], vector)
     res.store.finish(key, Outcome(attempt=attempt, entry=entry, status="miss"), job["ttl"])
+    _withdraw(res, job)
+
+
+def _embed(res: Resources, text: str) -> np.ndarray:
+    model = res.embedder()
+    vectors, _ = res.embeddings.embed(model.name, [text], model.embed)
+    return vectors[0]
+
+
+def _accepts(job: dict[str, Any], cand: Candidate) -> bool:
+    return cand.similarity >= job["threshold"]
+
+
+def _withdraw(res: Resources, job: dict[str, Any]) -> None:
+    if job.get("inflight_id"):
+        res.inflight.withdraw(job["namespace"], job["inflight_id"])
+
+
+def _nearest_leader(
+    res: Resources, job: dict[str, Any], vector: np.ndarray, before: str
+) -> Candidate | None:
+    """The most similar prompt announced before ours that passes the same test as a hit."""
+    if job["mode"] != "use":
+        return None
+    leaders = [f for f in res.inflight.listed(job["namespace"], before) if f.key != job["key"]]
+    if not leaders:
+        return None
+    scores = np.vstack([f.vector for f in leaders]) @ vector
+    ranked = sorted(zip(scores, leaders, strict=True), key=lambda p: -p[0])
+    for score, leader in ranked[:3]:
+        cand = Candidate(leader.key, leader.prompt, float(score))
+        if _accepts(job, cand):
+            return cand
+    return None
+
+
+def _served_semantically(res: Resources, job: dict[str, Any], vector: np.ndarray) -> bool:
+    for cand in res.index.search(job["namespace"], vector, k=3):
+        if cand.key == job["key"] or not _accepts(job, cand):
+            continue
+        entry = _load(res, cand.key)
+        if entry is None:
+            # Expired or invalidated: every index must forget it. (An entry still being
+            # written has its record in PostgreSQL before it reaches any index.)
+            res.index.remove(job["namespace"], cand.key)
+            continue
+        outcome = Outcome(
+            attempt=job["attempt"],
+            entry=entry,
+            status="semantic",
+            similarity=cand.similarity,
+            matched_prompt=cand.prompt,
+        )
+        res.store.finish(job["key"], outcome, job["ttl"])
+        return True
+    return False
+
+
+@contextmanager
+def errors_reach_waiters(res: Resources, job: dict[str, Any]) -> Iterator[None]:
+    """A bug (or a lost database) must not leave waiters hanging until their timeout:
+    publish the error to them, then let Celery record the failure."""
+    try:
+        yield
+    except Exception as exc:
+        log.exception("task failed for %s", job["key"][:12])
+        outcome = Outcome(
+            attempt=job["attempt"], error_code="internal_error", error_message=str(exc)
+        )
+        res.store.finish(job["key"], outcome, ttl_s=None)
+        _withdraw(res, job)
+        raise
+
+
+def _load(res: Resources, key: str) -> Entry | None:
+    """The entry of `key` from Redis, else from PostgreSQL (Redis may have lost it: the
+    hot copy is put back)."""
+    entry = res.store.get(key)
+    if entry is None:
+        found = res.repo.live(key)
+        if found is not None:
+            entry, ttl_s = found
+            res.store.put(key, entry, ttl_s)
+    return entry
 
 
 def _served_from_cache(res: Resources, job: dict[str, Any]) -> bool:
     if job["mode"] != "use":
         return False
-    entry = res.store.get(job["key"])
+    entry = _load(res, job["key"])
     if entry is None:
         return False
     res.store.finish(job["key"], Outcome(attempt=job["attempt"], entry=entry, status="exact"), None)

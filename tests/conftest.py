@@ -1,28 +1,52 @@
-"""Fixtures: the Ollama stand-in, the test's own Redis databases, a running stack.
+"""Fixtures: the Ollama stand-in, the test's own Redis databases and PostgreSQL
+database, a running stack, users with API keys.
 
 Tests own two Redis database numbers (FLOCK_TEST_REDIS_DB, default 11, for the
-cache; the next one for the Celery broker) and flush only those.
+cache; the next one for the Celery broker) and flush only those, and a PostgreSQL
+database of their own (created, migrated and dropped here) on the server at
+FLOCK_TEST_PG (default postgresql://postgres@127.0.0.1:5432).
 """
 
 from __future__ import annotations
 
 import os
+import random
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import psycopg
 import pytest
 import redis
 import requests
 
 from tests.ollama_standin import StandIn
-from tests.stack import Stack
+from tests.stack import ROOT, Stack
+from webapp.migrate import migrate
 
 REDIS_BASE = os.environ.get("FLOCK_TEST_REDIS", "redis://127.0.0.1:6379")
 CACHE_DB = int(os.environ.get("FLOCK_TEST_REDIS_DB", "11"))
 CACHE_URL = f"{REDIS_BASE}/{CACHE_DB}"
 BROKER_URL = f"{REDIS_BASE}/{CACHE_DB + 1}"
 LEASE_MS = 3000
+PG_SERVER = os.environ.get("FLOCK_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
+PG_DB = f"flock_test_{os.getpid()}"
+PG_URL = f"{PG_SERVER}/{PG_DB}"
+_keys: dict[str, str] = {}
+
+
+@pytest.fixture(scope="session")
+def database() -> Iterator[str]:
+    admin = f"{PG_SERVER}/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{PG_DB}"')
+        conn.execute(f'CREATE DATABASE "{PG_DB}"')
+    migrate(PG_URL)
+    yield PG_URL
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{PG_DB}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
@@ -43,8 +67,13 @@ def standin() -> Iterator[StandIn]:
 
 
 @pytest.fixture(scope="session")
-def stack_env(standin: StandIn) -> dict[str, str]:
+def stack_env(standin: StandIn, database: str) -> dict[str, str]:
     return {
+        "DATABASE_URL": database,
+        "SECRET_KEY": "test-only-secret-key",
+        "REQUEST_LOG_INTERVAL_S": "0.2",
+        "REQUESTS_PER_MINUTE": "100000",
+        "EVICT_INTERVAL_S": "1",
         "REDIS_URL": CACHE_URL,
         "CELERY_BROKER_URL": BROKER_URL,
         "OLLAMA_URL": standin.url,
@@ -62,6 +91,7 @@ def stack(stack_env, redis_client, tmp_path_factory) -> Iterator[Stack]:
     s = Stack(env=stack_env, logdir=tmp_path_factory.mktemp("stack-logs"))
     try:
         s.start_default()
+        _keys["default"] = create_user(stack_env, "tester")
         yield s
     finally:
         s.stop()
@@ -73,14 +103,42 @@ def _fresh_standin(request) -> None:
         request.getfixturevalue("standin").reset()
 
 
+def nonsense_word(syllables: int = 4) -> str:
+    rng = random.Random(uuid.uuid4().int)
+    return "".join(rng.choice("bdfgklmnprstvz") + rng.choice("aeiou") for _ in range(syllables))
+
+
 @pytest.fixture
 def prompt() -> str:
-    """A question nobody has asked yet in this run."""
-    return f"What is the capital of country number {uuid.uuid4().hex[:8]}?"
+    """A question nobody has asked yet in this run, and far from every other one (two
+    prompts that differ in a number only would be near-misses for the semantic cache)."""
+    return f"Who invented the {nonsense_word()} and why is it {nonsense_word()}?"
 
 
-def post_chat(url: str, body: dict, timeout: float = 60) -> requests.Response:
-    return requests.post(f"{url}/api/v1/chat", json=body, timeout=timeout)
+def create_user(env: dict[str, str], name: str, admin: bool = False) -> str:
+    """A new user through the real CLI; returns the API key it prints."""
+    args = [sys.executable, "-m", "flask", "--app", "webapp", "users", "create", name]
+    out = subprocess.run(
+        args + (["--admin"] if admin else []), cwd=ROOT, env={**os.environ, **env},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="session")
+def api_key(stack) -> str:
+    return _keys["default"]
+
+
+def auth(key: str | None = None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key or _keys['default']}"}
+
+
+def post_chat(
+    url: str, body: dict, timeout: float = 60, key: str | None = None
+) -> requests.Response:
+    return requests.post(f"{url}/api/v1/chat", json=body, timeout=timeout, headers=auth(key))
 
 
 def post_many(url: str, bodies: list[dict], workers: int | None = None) -> list[requests.Response]:

@@ -88,22 +88,62 @@ class Stack:
 
     def start_web(self, workers: int = 2, worker_class: str = "gevent") -> Proc:
         self.web_port = free_port()
-        args = ["gunicorn", "-k", worker_class, "-w", str(workers), "--worker-connections",
-                "4000", "-b", f"127.0.0.1:{self.web_port}", "--graceful-timeout", "5",
-                "webapp:create_app()"]
+        args = [
+            "gunicorn",
+            "-k",
+            worker_class,
+            "-w",
+            str(workers),
+            "--worker-connections",
+            "4000",
+            "-b",
+            f"127.0.0.1:{self.web_port}",
+            "--graceful-timeout",
+            "5",
+            "webapp:create_app()",
+        ]
         if worker_class == "gthread":
             args[5:5] = ["--threads", "200"]
         proc = self._spawn("web", args)
         _wait_for(lambda: _get_ok(f"{self.url}/healthz"), proc, "web")
         return proc
 
-    def start_worker(self, name: str, queue: str, concurrency: int = 2, pool: str = "prefork",
-                     extra_env: dict[str, str] | None = None) -> Proc:
-        args = ["celery", "-A", "tasks", "worker", "-Q", queue, "-n", f"{name}@%h",
-                "-P", pool, "-c", str(concurrency), "--loglevel", "INFO", "--without-gossip",
-                "--without-mingle"]
+    def start_worker(
+        self,
+        name: str,
+        queue: str,
+        concurrency: int = 2,
+        pool: str = "prefork",
+        extra_env: dict[str, str] | None = None,
+    ) -> Proc:
+        args = [
+            "celery",
+            "-A",
+            "tasks",
+            "worker",
+            "-Q",
+            queue,
+            "-n",
+            f"{name}@%h",
+            "-P",
+            pool,
+            "-c",
+            str(concurrency),
+            "--loglevel",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+        ]
         proc = self._spawn(name, args, extra_env)
         _wait_for(lambda: " ready." in proc.log.read_text(errors="replace"), proc, name)
+        if "embed" in queue.split(","):  # each child loads the model after the fork
+            loaded = "embedding model"
+            _wait_for(
+                lambda: proc.log.read_text(errors="replace").count(loaded) >= concurrency,
+                proc,
+                name,
+                timeout=180,
+            )
         return proc
 
     def start_default(self) -> None:

@@ -23,7 +23,9 @@ def test_burst_of_identical_prompts_makes_one_llm_call(stack, standin, prompt):
     statuses = Counter(b["cache"]["status"] for b in bodies)
     assert statuses["miss"] == 1
     assert set(statuses) <= {"miss", "coalesced", "exact"}
-    assert all(r.headers["X-Cache"] == b["cache"]["status"] for r, b in zip(responses, bodies))
+    assert all(
+        r.headers["X-Cache"] == b["cache"]["status"] for r, b in zip(responses, bodies, strict=True)
+    )
     assert standin.calls()["chat"] == 1
 
     again = post_many(stack.url, [{"prompt": prompt}] * 50)

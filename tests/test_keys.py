@@ -28,8 +28,13 @@ def test_white_space_and_unicode_form_do_not_split_a_key():
         {"model": "n"},
         {"options": {"temperature": 0.1}},
         {"messages": [{"role": "system", "content": "be terse"}, *USER]},
-        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"},
-                      *USER]},
+        {
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "yo"},
+                *USER,
+            ]
+        },
         {"scope": "private:42"},
     ],
 )

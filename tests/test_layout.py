@@ -49,9 +49,17 @@ def test_web_process_loads_no_model_library():
     import sys
 
     code = (
-        "import sys, webapp; webapp.create_app();"
+        "import sys, webapp; webapp.create_app({'SECRET_KEY': 'x'});"
         f"print(sorted(m for m in sys.modules if m.split('.')[0] in {sorted(HEAVY)!r}))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_there_is_no_default_secret_key(monkeypatch):
+    import webapp
+
+    monkeypatch.delenv("SECRET_KEY", raising=False)
+    with pytest.raises(RuntimeError, match="SECRET_KEY"):
+        webapp.create_app()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import requests
 
+from tests.conftest import auth
+
 LONG = "x" * 2001  # MAX_PROMPT_CHARS is 2000 in the test stack
 
 CASES = [
@@ -28,6 +30,9 @@ CASES = [
     ({"prompt": "hi", "cache": {"mode": "sometimes"}}, 400, "bad_request", "cache.mode"),
     ({"prompt": "hi", "cache": {"colour": 1}}, 400, "bad_request", "unknown cache field"),
     ({"prompt": "hi", "temperature": 1}, 400, "bad_request", "unknown field"),
+    ({"prompt": "hi", "cache": {"threshold": 1.5}}, 400, "bad_request", "cache.threshold"),
+    ({"prompt": "hi", "cache": {"threshold": "high"}}, 400, "bad_request", "cache.threshold"),
+    ({"prompt": "hi", "cache": {"threshold": True}}, 400, "bad_request", "cache.threshold"),
     ({"prompt": LONG}, 413, "too_large", "limit is 2000"),
 ]
 
@@ -36,11 +41,13 @@ CASES = [
 def test_bad_input(stack, standin, body, status, code, message):
     if isinstance(body, str):
         resp = requests.post(
-            f"{stack.url}/api/v1/chat", data=body,
-            headers={"Content-Type": "application/json"}, timeout=10,
+            f"{stack.url}/api/v1/chat",
+            data=body,
+            headers={"Content-Type": "application/json", **auth()},
+            timeout=10,
         )
     else:
-        resp = requests.post(f"{stack.url}/api/v1/chat", json=body, timeout=10)
+        resp = requests.post(f"{stack.url}/api/v1/chat", json=body, timeout=10, headers=auth())
     assert resp.status_code == status
     error = resp.json()["error"]
     assert error["code"] == code
@@ -52,15 +59,17 @@ def test_unknown_route_and_method_are_json(stack):
     resp = requests.get(f"{stack.url}/api/v1/nope", timeout=10)
     assert resp.status_code == 404
     assert resp.json()["error"]["code"] == "not_found"
-    resp = requests.get(f"{stack.url}/api/v1/chat", timeout=10)
+    resp = requests.get(f"{stack.url}/api/v1/chat", timeout=10, headers=auth())
     assert resp.status_code == 405
     assert resp.json()["error"]["code"] == "method_not_allowed"
 
 
 def test_oversized_body_is_413(stack):
     resp = requests.post(
-        f"{stack.url}/api/v1/chat", data=b"{" + b" " * (2 * 1024 * 1024) + b"}",
-        headers={"Content-Type": "application/json"}, timeout=10,
+        f"{stack.url}/api/v1/chat",
+        data=b"{" + b" " * (2 * 1024 * 1024) + b"}",
+        headers={"Content-Type": "application/json", **auth()},
+        timeout=10,
     )
     assert resp.status_code == 413
     assert resp.json()["error"]["code"] == "request_entity_too_large"

@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Flask, jsonify
 
-from webapp import api, config, errors, services
+from webapp import api, auth, config, db, entries, errors, services
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
@@ -14,11 +14,17 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.config.from_mapping(config.from_env())
     if test_config:
         app.config.from_mapping(test_config)
+    if not app.config["SECRET_KEY"]:
+        # No fallback: a guessable key would let anyone forge a session cookie.
+        raise RuntimeError("SECRET_KEY is not set (make run sets a development-only one)")
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
     errors.init_app(app)
+    db.init_app(app)
     services.init_app(app)
+    auth.init_app(app)
     app.register_blueprint(api.bp)
+    app.register_blueprint(entries.bp)
 
     @app.get("/healthz")
     def healthz():

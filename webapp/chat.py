@@ -33,16 +33,21 @@ class BrokerUnavailable(ApiError):
 class Answer:
     entry: Entry
     status: str
+    key: str
     similarity: float | None = None
     matched_prompt: str | None = None
 
 
-def ask(svc: Services, req: ChatRequest, ttl_s: int, timeout_s: float) -> Answer:
-    key = CacheKey.build(req.model, req.messages, req.options)
+def ask(
+    svc: Services, req: ChatRequest, user_id: int, ttl_s: int, threshold: float, timeout_s: float
+) -> Answer:
+    # A private entry lives in a namespace of its owner's: it can never match anyone else.
+    scope = f"private:{user_id}" if req.scope == "private" else "shared"
+    key = CacheKey.build(req.model, req.messages, req.options, scope)
     if req.mode == "use":
         entry = svc.store.get(key.exact)
         if entry is not None:
-            return Answer(entry, "exact")
+            return Answer(entry, "exact", key.exact)
     if req.mode == "bypass":
         # A key of its own: single-flight and wake-ups work as usual, nothing is stored.
         key = replace(key, exact=f"bypass-{uuid.uuid4().hex}")
@@ -56,6 +61,9 @@ def ask(svc: Services, req: ChatRequest, ttl_s: int, timeout_s: float) -> Answer
         "options": req.options,
         "mode": req.mode,
         "ttl": None if req.mode == "bypass" else ttl_s,
+        "threshold": threshold,
+        "scope": req.scope,
+        "owner_id": user_id,
     }
     svc.hub.start()
     with svc.hub.watch(key.exact) as box:
@@ -71,18 +79,24 @@ def _wait(
 ) -> Answer:
     key = job["key"]
     mine: set[str] = set()
+    seen: set[str] = set()  # attempts seen holding the lease while we waited
     deadline = time.monotonic() + timeout_s
     # Poll often enough to notice a lapsed lease soon after it lapses.
     poll_s = min(2.0, max(0.2, svc.lease.lease_ms / 3000))
     first = True
     while True:
-        entry, holder = svc.store.peek(key)
+        entry, holder, failure = svc.store.peek(key)
         if entry is not None and entry.id != stale_id and job["mode"] != "bypass":
             # Found by polling: a wake-up was missed, or the answer landed just now.
             if first and job["mode"] == "use":
-                return Answer(entry, "exact")
-            return Answer(entry, "miss" if mine or job["mode"] != "use" else "coalesced")
-        if holder is None:
+                return Answer(entry, "exact", key)
+            status = "miss" if mine or job["mode"] != "use" else "coalesced"
+            return Answer(entry, status, key)
+        if holder is not None:
+            seen.add(holder.partition(":")[2])
+        elif failure is not None and failure.attempt in seen | mine:
+            raise LLMFailed(failure.error_message or "the LLM failed", code=failure.error_code)
+        else:
             _take_lease(svc, job, mine)
         first = False
         remaining = deadline - time.monotonic()
@@ -101,7 +115,7 @@ def _wait(
             status = "miss"  # refresh and bypass always ask the LLM themselves
         elif status == "miss" and outcome.attempt not in mine:
             status = "coalesced"
-        return Answer(outcome.entry, status, outcome.similarity, outcome.matched_prompt)
+        return Answer(outcome.entry, status, key, outcome.similarity, outcome.matched_prompt)
 
 
 def _take_lease(svc: Services, job: dict[str, Any], mine: set[str]) -> None:

@@ -2,7 +2,12 @@
 
 ApiError            base, 500 internal_error
 ├── BadRequest      400 (malformed JSON, missing or mistyped fields, unknown roles...)
+├── Unauthorized    401 no or unknown credentials
+├── Forbidden       403 not allowed (not an admin, missing CSRF token, another's entry)
+├── NotFound        404
+├── Conflict        409 (a taken user name)
 ├── TooLarge        413 prompt or body over the limit
+├── RateLimited     429 over REQUESTS_PER_MINUTE (with Retry-After)
 ├── LLMFailed       502 the LLM failed for good (carries its message)
 └── WaitTimeout     504 no answer within REQUEST_TIMEOUT_S
 """
@@ -33,6 +38,35 @@ class BadRequest(ApiError):
     code = "bad_request"
 
 
+class Unauthorized(ApiError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(ApiError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(ApiError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(ApiError):
+    status = 409
+    code = "conflict"
+
+
+class RateLimited(ApiError):
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class TooLarge(ApiError):
     status = 413
     code = "too_large"
@@ -55,7 +89,10 @@ def error_response(status: int, code: str, message: str):
 def init_app(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
-        return error_response(exc.status, exc.code, exc.message)
+        body, status = error_response(exc.status, exc.code, exc.message)
+        if isinstance(exc, RateLimited):
+            body.headers["Retry-After"] = str(exc.retry_after_s)
+        return body, status
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):

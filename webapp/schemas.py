@@ -10,6 +10,8 @@ from webapp.errors import BadRequest, TooLarge
 ROLES = ("system", "user", "assistant")
 CACHE_MODES = ("use", "refresh", "bypass")
 _CHAT_FIELDS = {"messages", "prompt", "model", "options", "cache"}
+_CACHE_FIELDS = {"mode", "threshold", "scope"}
+SCOPES = ("shared", "private")
 
 
 @dataclass(frozen=True)
@@ -18,6 +20,8 @@ class ChatRequest:
     messages: list[dict[str, str]]
     options: dict[str, Any]
     mode: str = "use"
+    threshold: float | None = None
+    scope: str = "shared"
 
     @classmethod
     def parse(cls, body: Any, default_model: str, max_prompt_chars: int) -> ChatRequest:
@@ -36,7 +40,20 @@ class ChatRequest:
         options = body.get("options", {})
         if not isinstance(options, dict):
             raise BadRequest("'options' must be an object")
-        return cls(model=model.strip(), messages=messages, options=options, mode=_mode(body))
+        cache = body.get("cache", {})
+        if not isinstance(cache, dict):
+            raise BadRequest("'cache' must be an object")
+        unknown = sorted(set(cache) - _CACHE_FIELDS)
+        if unknown:
+            raise BadRequest(f"unknown cache field(s): {', '.join(unknown)}")
+        return cls(
+            model=model.strip(),
+            messages=messages,
+            options=options,
+            mode=_mode(cache),
+            threshold=_threshold(cache),
+            scope=_scope(cache),
+        )
 
 
 def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
@@ -69,14 +86,24 @@ def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
     return messages
 
 
-def _mode(body: dict[str, Any]) -> str:
-    cache = body.get("cache", {})
-    if not isinstance(cache, dict):
-        raise BadRequest("'cache' must be an object")
-    unknown = sorted(set(cache) - {"mode"})
-    if unknown:
-        raise BadRequest(f"unknown cache field(s): {', '.join(unknown)}")
+def _mode(cache: dict[str, Any]) -> str:
     mode = cache.get("mode", "use")
     if mode not in CACHE_MODES:
         raise BadRequest(f"cache.mode must be one of {', '.join(CACHE_MODES)}")
     return str(mode)
+
+
+def _threshold(cache: dict[str, Any]) -> float | None:
+    value = cache.get("threshold")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise BadRequest("cache.threshold must be a number from 0 to 1")
+    return float(value)
+
+
+def _scope(cache: dict[str, Any]) -> str:
+    scope = cache.get("scope", "shared")
+    if scope not in SCOPES:
+        raise BadRequest(f"cache.scope must be one of {', '.join(SCOPES)}")
+    return str(scope)

@@ -12,8 +12,12 @@ from typing import Any
 import redis
 from flask import Flask, current_app
 
-from cache import ExactStore, Lease, WakeupHub
+from cache import ExactStore, Lease, SemanticIndex, WakeupHub
+from cache.ratelimit import RateLimiter
+from cache.repo import CacheRepo, Removed
 from tasks.app import app as celery_app
+from webapp import db
+from webapp.reqlog import RequestLog
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,16 @@ class Services:
     lease: Lease
     store: ExactStore
     hub: WakeupHub
+    repo: CacheRepo
+    index: SemanticIndex
+    limiter: RateLimiter
+    log: RequestLog
+
+    def forget(self, removed: list[Removed]) -> None:
+        """Entries taken out of service in PostgreSQL leave Redis and every index."""
+        for r in removed:
+            self.store.forget(r.id, r.key)
+            self.index.remove(r.namespace, r.key)
 
     def dispatch(self, task: str, job: dict[str, Any], queue: str) -> None:
         celery_app.send_task(task, args=[job], queue=queue)
@@ -45,7 +59,19 @@ def init_app(app: Flask) -> None:
         prefix_len=len(store.channel("")),
     )
     celery_app.conf.broker_url = cfg["CELERY_BROKER_URL"]
-    app.extensions["flock"] = Services(redis=client, lease=lease, store=store, hub=hub)
+    pool = db.pool_of(app)
+    repo = CacheRepo(pool)
+    app.extensions["flock"] = Services(
+        redis=client,
+        lease=lease,
+        store=store,
+        hub=hub,
+        repo=repo,
+        # The web only ever publishes removals: it never loads or searches vectors.
+        index=SemanticIndex(client, prefix, source=lambda: ()),
+        limiter=RateLimiter(client, prefix, cfg["REQUESTS_PER_MINUTE"]),
+        log=RequestLog(pool, cfg["REQUEST_LOG_INTERVAL_S"]),
+    )
 
 
 def services() -> Services:

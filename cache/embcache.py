@@ -1,0 +1,45 @@
+"""Embedding cache in Redis: the same text is never embedded twice by the same model."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import redis
+
+from cache.semantic import pack, unpack
+
+
+class EmbeddingCache:
+    def __init__(self, client: redis.Redis, prefix: str, ttl_s: int = 30 * 24 * 3600) -> None:
+        self.client = client
+        self.prefix = f"{prefix}emb:"
+        self.ttl_s = ttl_s
+
+    def _key(self, model: str, text: str) -> str:
+        return f"{self.prefix}{model}:{hashlib.sha256(text.encode()).hexdigest()}"
+
+    def embed(
+        self, model: str, texts: Sequence[str], compute: Callable[[list[str]], np.ndarray]
+    ) -> tuple[np.ndarray, int]:
+        """Vectors of `model` for `texts`, computing only the ones not cached; also returns
+        how many were computed."""
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32), 0
+        cached: list[Any] = self.client.mget([self._key(model, t) for t in texts])
+        missing = sorted({t for t, blob in zip(texts, cached, strict=True) if blob is None})
+        fresh: dict[str, np.ndarray] = {}
+        if missing:
+            vectors = np.asarray(compute(missing), dtype=np.float32)
+            fresh = dict(zip(missing, vectors, strict=True))
+            with self.client.pipeline(transaction=False) as pipe:
+                for text, vector in fresh.items():
+                    pipe.set(self._key(model, text), pack(vector), ex=self.ttl_s)
+                pipe.execute()
+        rows = [
+            fresh[t] if blob is None else unpack(blob)
+            for t, blob in zip(texts, cached, strict=True)
+        ]
+        return np.vstack(rows).astype(np.float32, copy=False), len(missing)

@@ -1,0 +1,163 @@
+"""PostgreSQL: the record of every answer (`cache_entries`).
+
+Redis may lose everything at any moment; what is here is never lost. The hot copy
+in Redis and the semantic index are rebuilt from these rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from cache.entry import Entry
+from cache.semantic import pack, unpack
+
+_LIVE = "invalidated_at IS NULL AND expires_at > now()"
+
+
+@dataclass(frozen=True)
+class Removed:
+    """An entry taken out of service: what every index and Redis copy must forget."""
+
+    id: str
+    key: str
+    namespace: str
+
+
+def _entry(row: dict[str, Any]) -> Entry:
+    return Entry(
+        key=row["key"],
+        namespace=row["namespace"],
+        model=row["model"],
+        prompt=row["prompt"],
+        response=row["response"],
+        prompt_tokens=row["prompt_tokens"],
+        completion_tokens=row["completion_tokens"],
+        id=row["id"],
+        created=row["created_at"].timestamp(),
+    )
+
+
+class CacheRepo:
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+
+    def put(
+        self,
+        entry: Entry,
+        ttl_s: int,
+        embedding: np.ndarray | None = None,
+        owner_id: int | None = None,
+        private: bool = False,
+    ) -> None:
+        """Record an answer; an older live entry of the same key (a refresh) is replaced.
+        `owner_id` is who caused it; a private entry is only ever served to them."""
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute(
+                "UPDATE cache_entries SET invalidated_at = now(), invalidated_reason = 'replaced'"
+                " WHERE key = %s AND invalidated_at IS NULL AND id <> %s",
+                (entry.key, entry.id),
+            )
+            conn.execute(
+                "INSERT INTO cache_entries (id, key, namespace, model, prompt, response,"
+                " embedding, scope, owner_id, prompt_tokens, completion_tokens, created_at,"
+                " expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+                " to_timestamp(%s), to_timestamp(%s) + make_interval(secs => %s))"
+                " ON CONFLICT (id) DO NOTHING",
+                (
+                    entry.id,
+                    entry.key,
+                    entry.namespace,
+                    entry.model,
+                    entry.prompt,
+                    entry.response,
+                    pack(embedding) if embedding is not None else None,
+                    "private" if private else "shared",
+                    owner_id,
+                    entry.prompt_tokens,
+                    entry.completion_tokens,
+                    entry.created,
+                    entry.created,
+                    ttl_s,
+                ),
+            )
+
+    def live(self, key: str) -> tuple[Entry, int] | None:
+        """The live entry of an exact key and its remaining TTL in seconds."""
+        with self.pool.connection() as conn:
+            row = (
+                conn.cursor(row_factory=dict_row)
+                .execute(
+                    f"SELECT *, extract(epoch FROM expires_at - now())::int AS ttl"
+                    f" FROM cache_entries WHERE key = %s AND {_LIVE}",
+                    (key,),
+                )
+                .fetchone()
+            )
+        return (_entry(row), max(1, row["ttl"])) if row else None
+
+    def by_id(self, entry_id: str) -> dict[str, Any] | None:
+        with self.pool.connection() as conn:
+            return (
+                conn.cursor(row_factory=dict_row)
+                .execute(
+                    "SELECT id, key, namespace, model, prompt, response, scope, owner_id,"
+                    " prompt_tokens, completion_tokens, created_at, expires_at, hits, last_hit_at,"
+                    " invalidated_at, invalidated_reason FROM cache_entries WHERE id = %s",
+                    (entry_id,),
+                )
+                .fetchone()
+            )
+
+    def vectors(self) -> Iterator[tuple[str, str, str, np.ndarray]]:
+        """(namespace, key, prompt, vector) of every live entry: the index's source."""
+        # A server-side cursor streams the rows; it needs a transaction.
+        with self.pool.connection() as conn, conn.transaction(), conn.cursor(name="vectors") as cur:
+            cur.execute(
+                f"SELECT namespace, key, prompt, embedding FROM cache_entries"
+                f" WHERE {_LIVE} AND embedding IS NOT NULL"
+            )
+            for namespace, key, prompt, blob in cur:
+                yield namespace, key, prompt, unpack(bytes(blob))
+
+    def invalidate(self, where: str, params: tuple[Any, ...], reason: str) -> list[Removed]:
+        """Mark live entries matching `where` (SQL over cache_entries) invalidated."""
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                f"UPDATE cache_entries SET invalidated_at = now(), invalidated_reason = %s"
+                f" WHERE invalidated_at IS NULL AND ({where}) RETURNING id, key, namespace",
+                (reason, *params),
+            ).fetchall()
+        return [Removed(*row) for row in rows]
+
+    def evict(self, max_entries: int) -> list[Removed]:
+        """Expired entries, then the least recently hit beyond `max_entries`."""
+        removed = self.invalidate("expires_at <= now()", (), "expired")
+        removed += self.invalidate(
+            "id IN (SELECT id FROM cache_entries WHERE invalidated_at IS NULL"
+            " ORDER BY coalesce(last_hit_at, created_at) DESC OFFSET %s)",
+            (max_entries,),
+            "evicted",
+        )
+        return removed
+
+    def count_hits(self, hits: dict[str, tuple[int, datetime]]) -> None:
+        """Add batched hit counts: entry id -> (hits, last hit)."""
+        if not hits:
+            return
+        with self.pool.connection() as conn, conn.cursor() as cur:
+            cur.executemany(
+                "UPDATE cache_entries SET hits = hits + %s,"
+                " last_hit_at = greatest(coalesce(last_hit_at, %s), %s) WHERE id = %s",
+                [(n, at, at, entry_id) for entry_id, (n, at) in hits.items()],
+            )
+
+
+def now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,51 @@
+"""Eviction: expired entries and the least recently hit beyond CACHE_MAX_ENTRIES.
+
+Every worker runs a sweeper thread; a Redis lease makes one sweep per interval run
+across all of them. What it evicts leaves PostgreSQL's live set, Redis and every
+semantic index (through the index's change log).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from celery.signals import worker_ready
+
+from tasks.app import app
+from tasks.resources import Resources, resources
+
+log = logging.getLogger(__name__)
+
+
+def sweep(res: Resources, max_entries: int) -> int:
+    removed = res.repo.evict(max_entries)
+    for r in removed:
+        res.store.forget(r.id, r.key)
+        res.index.remove(r.namespace, r.key)
+    if removed:
+        log.info("evicted %d entries", len(removed))
+    return len(removed)
+
+
+def _run(interval_s: float, max_entries: int) -> None:
+    while True:
+        try:
+            res = resources()
+            lock = f"{res.store.prefix}sweep"
+            if res.redis.set(lock, "1", nx=True, px=int(interval_s * 1000)):
+                sweep(res, max_entries)
+        except Exception as exc:  # the next round may find Redis or PostgreSQL back
+            log.error("sweep failed: %s", exc)
+        threading.Event().wait(interval_s)
+
+
+@worker_ready.connect
+def _start(**_: object) -> None:
+    conf = app.conf
+    threading.Thread(
+        target=_run,
+        args=(conf.flock_evict_interval_s, conf.flock_cache_max_entries),
+        name="sweeper",
+        daemon=True,
+    ).start()

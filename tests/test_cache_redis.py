@@ -1,0 +1,205 @@
+"""cache/ against a real Redis: the index's sync between processes, the lease's
+follower protocol, the embedding cache."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+
+from cache import (
+    EmbeddingCache,
+    Entry,
+    ExactStore,
+    Follower,
+    InFlightPrompts,
+    Lease,
+    Outcome,
+    SemanticIndex,
+)
+
+
+@pytest.fixture
+def prefix(redis_client):
+    p = f"t:{uuid.uuid4().hex[:8]}:"
+    yield p
+    for key in redis_client.scan_iter(match=f"{p}*"):
+        redis_client.delete(key)
+
+
+def unit(seed: int) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=384).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def nothing():
+    return []
+
+
+def test_an_entry_added_by_one_process_is_found_by_the_other(redis_client, prefix):
+    a, b = (
+        SemanticIndex(redis_client, prefix, nothing),
+        SemanticIndex(redis_client, prefix, nothing),
+    )
+    assert b.search("ns", unit(1)) == []  # b has built itself before the add
+    a.add("ns", "k1", "what is redis", unit(1))
+    found = b.search("ns", unit(1))
+    assert [(c.key, c.prompt) for c in found] == [("k1", "what is redis")]
+    assert found[0].similarity == pytest.approx(1.0, abs=1e-5)
+    assert b.search("other-ns", unit(1)) == []
+
+    a.remove("ns", "k1")
+    assert b.search("ns", unit(1)) == []
+
+
+def test_a_new_process_rebuilds_from_the_source_then_follows_the_log(redis_client, prefix):
+    stored = [("ns", f"k{i}", f"prompt {i}", unit(i)) for i in range(20)]
+    a = SemanticIndex(redis_client, prefix, lambda: stored)
+    assert a.size() == 20
+    del stored[3]  # the record first, then the log: as the callers do
+    a.remove("ns", "k3")
+    fresh = SemanticIndex(redis_client, prefix, lambda: stored)
+    assert fresh.size() == 19
+    stored.append(("ns", "k20", "new", unit(20)))
+    a.add("ns", "k20", "new", unit(20))
+    assert fresh.search("ns", unit(20), k=1)[0].key == "k20"  # followed after the load
+    assert fresh.search("ns", unit(7), k=1)[0].key == "k7"
+    assert all(c.key != "k3" for c in fresh.search("ns", unit(3), k=19))
+
+
+def test_a_process_whose_log_position_was_trimmed_rebuilds(redis_client, prefix):
+    stored = []
+
+    def store_and_add(index, i):
+        stored.append(("ns", f"k{i}", str(i), unit(i)))
+        index.add("ns", f"k{i}", str(i), unit(i))
+
+    a = SemanticIndex(redis_client, prefix, lambda: stored)
+    b = SemanticIndex(redis_client, prefix, lambda: stored)
+    store_and_add(a, 0)
+    assert b.search("ns", unit(0))[0].key == "k0"
+    for i in range(1, 5):
+        store_and_add(a, i)
+    redis_client.xtrim(f"{prefix}semlog", maxlen=1)  # b's next position is gone
+    assert b.search("ns", unit(2), k=1)[0].key == "k2"
+    assert b.size() == 5
+
+
+def test_nearest_first(redis_client, prefix):
+    index = SemanticIndex(redis_client, prefix, nothing)
+    index.sync()
+    base = unit(0)
+    near = base + 0.1 * unit(1)
+    index.add("ns", "far", "far", unit(2))
+    index.add("ns", "near", "near", near / np.linalg.norm(near))
+    index.add("ns", "same", "same", base)
+    assert [c.key for c in index.search("ns", base, k=3)] == ["same", "near", "far"]
+
+
+def test_embedding_cache_computes_each_text_once(redis_client, prefix):
+    cache = EmbeddingCache(redis_client, prefix)
+    calls = []
+
+    def compute(texts):
+        calls.append(list(texts))
+        return np.vstack([unit(len(t)) for t in texts])
+
+    first, n1 = cache.embed("m", ["a", "bb", "a"], compute)
+    second, n2 = cache.embed("m", ["bb", "a", "ccc"], compute)
+    assert (n1, n2) == (2, 1)
+    assert calls == [["a", "bb"], ["ccc"]]
+    np.testing.assert_array_equal(first[1], second[0])
+    assert cache.embed("other-model", ["a"], compute)[1] == 1
+
+
+def _store(redis_client, prefix, lease_ms=5000):
+    lease = Lease(redis_client, prefix, lease_ms)
+    return lease, ExactStore(redis_client, prefix, lease)
+
+
+def _entry(key="lead", prompt="how do I reset my router"):
+    return Entry(key=key, namespace="ns", model="m", prompt=prompt, response="unplug it")
+
+
+def test_a_follower_joins_a_running_leader_and_gets_its_answer(redis_client, prefix):
+    lease, store = _store(redis_client, prefix)
+    assert lease.acquire("lead", "a1") and lease.claim("lead", "a1", "r")
+    assert lease.acquire("f1", "b1")
+    assert lease.follow("lead", Follower("f1", "b1", 0.93))
+    assert redis_client.get(lease.key("f1")) == b"r:b1"  # nobody else may generate f1 now
+
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe(store.channel("f1"))
+    pubsub.get_message(timeout=1)
+    answered = store.finish("lead", Outcome(attempt="a1", entry=_entry()), ttl_s=60)
+
+    assert [f.key for f in answered] == ["f1"]
+    message = pubsub.get_message(timeout=1)
+    outcome = Outcome.from_json(message["data"])
+    assert (outcome.status, outcome.attempt, outcome.similarity) == ("coalesced", "b1", 0.93)
+    assert outcome.matched_prompt == "how do I reset my router"
+    assert store.get("f1").response == "unplug it"  # an exact alias for the follower's key
+    assert redis_client.exists(lease.key("lead"), lease.key("f1")) == 0
+    pubsub.close()
+
+
+def test_nobody_follows_a_leader_that_has_finished(redis_client, prefix):
+    lease, store = _store(redis_client, prefix)
+    lease.acquire("lead", "a1")
+    store.finish("lead", Outcome(attempt="a1", entry=_entry()), ttl_s=60)
+    lease.acquire("f1", "b1")
+    assert not lease.follow("lead", Follower("f1", "b1", 0.95))
+    assert redis_client.get(lease.key("f1")) == b"q:b1"  # untouched: it will lead itself
+
+
+def test_followers_of_followers_and_errors_are_answered(redis_client, prefix):
+    lease, store = _store(redis_client, prefix)
+    lease.acquire("a", "1")
+    lease.acquire("b", "2")
+    lease.acquire("c", "3")
+    assert lease.follow("b", Follower("c", "3", 0.91))  # c follows b ...
+    assert lease.follow("a", Follower("b", "2", 0.92))  # ... then b follows a
+    error = Outcome(attempt="1", error_code="llm_unavailable", error_message="boom")
+    answered = store.finish("a", error, ttl_s=None)
+    assert sorted(f.key for f in answered) == ["b", "c"]
+    assert redis_client.exists(*(lease.key(k) for k in "abc")) == 0
+    assert store.get("b") is None and store.get("c") is None  # errors are never cached
+
+
+def test_heartbeat_keeps_followers_alive(redis_client, prefix):
+    lease, _ = _store(redis_client, prefix, lease_ms=1000)
+    lease.acquire("lead", "a1")
+    lease.claim("lead", "a1", "r")
+    lease.acquire("f1", "b1")
+    lease.follow("lead", Follower("f1", "b1", 0.9))
+    redis_client.pexpire(lease.key("f1"), 50)
+    assert lease.extend("lead", "a1")
+    assert redis_client.pttl(lease.key("f1")) > 500
+    assert not lease.extend("lead", "someone-else")
+
+
+def test_a_running_claim_belongs_to_its_attempt(redis_client, prefix):
+    lease, _ = _store(redis_client, prefix)
+    assert lease.acquire("k", "a")
+    assert not lease.acquire("k", "b")
+    assert lease.claim("k", "b", "q")  # a queued claim may be taken over ...
+    assert lease.claim("k", "b", "r")
+    assert not lease.claim("k", "a", "r")  # ... a running one may not
+    assert not lease.claim("k", "b", "q")  # nor demoted by a redelivered answer task
+    lease.release("k", "a")
+    assert redis_client.get(lease.key("k")) == b"r:b"
+    lease.release("k", "b")
+    assert redis_client.get(lease.key("k")) is None
+
+
+def test_inflight_lists_earlier_announcements_in_order(redis_client, prefix):
+    inflight = InFlightPrompts(redis_client, prefix)
+    first = inflight.announce("ns", "k1", "one", unit(1))
+    second = inflight.announce("ns", "k2", "two", unit(2))
+    assert [f.key for f in inflight.listed("ns")] == ["k1", "k2"]
+    assert [f.key for f in inflight.listed("ns", before=second)] == ["k1"]
+    assert inflight.listed("ns", before=first) == []
+    inflight.withdraw("ns", first)
+    assert [f.key for f in inflight.listed("ns")] == ["k2"]
+    np.testing.assert_array_equal(inflight.listed("ns")[0].vector, unit(2))

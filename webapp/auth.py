@@ -1,0 +1,256 @@
+"""Who is calling: API keys (programs) and signed-cookie sessions (the browser).
+
+Every /api and /v1 endpoint requires one of them. A session request that changes
+something must also carry the session's CSRF token in `X-CSRF-Token`; API-key
+requests carry no cookie and need none. Key lookups are cached in Redis for a
+minute (revoking deletes the cached copy), so a cache hit costs no PostgreSQL read.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import asdict, dataclass
+from functools import wraps
+
+import click
+import psycopg
+from flask import Blueprint, Flask, g, jsonify, request, session
+
+from webapp import db
+from webapp.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
+from webapp.passwords import check_password, hash_password, key_hash, new_api_key
+from webapp.services import services
+
+bp = Blueprint("auth", __name__, url_prefix="/api/v1")
+_KEY_CACHE_S = 60
+_UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    name: str
+    role: str
+    key_id: int | None = None  # the API key this request came with, if any
+
+    @property
+    def rate_key(self) -> str:
+        """What a rate limit counts: the API key, or the user for browser sessions."""
+        return f"key{self.key_id}" if self.key_id is not None else f"user{self.id}"
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+def current_user() -> User:
+    """The authenticated user of this request, or 401."""
+    if "user" not in g:
+        g.user = _from_api_key() or _from_session()
+    if g.user is None:
+        raise Unauthorized("send 'Authorization: Bearer <API key>' or sign in")
+    return g.user
+
+
+def login_required(view):
+    @wraps(view)
+    def wrapped(*args, **kwargs):
+        current_user()
+        return view(*args, **kwargs)
+
+    return wrapped
+
+
+def admin_required(view):
+    @wraps(view)
+    def wrapped(*args, **kwargs):
+        if not current_user().is_admin:
+            raise Forbidden("this endpoint is for admins")
+        return view(*args, **kwargs)
+
+    return wrapped
+
+
+def _from_api_key() -> User | None:
+    header = request.headers.get("Authorization", "")
+    if not header:
+        return None
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise Unauthorized("the Authorization header must be 'Bearer <API key>'")
+    digest = key_hash(key.strip())
+    cache_key = f"{services().store.prefix}apikey:{digest}"
+    cached = services().redis.get(cache_key)
+    if cached is not None:
+        return User(**json.loads(cached)) if cached != b"" else _invalid_key()
+    with db.pool().connection() as conn:
+        row = conn.execute(
+            "SELECT u.id, u.name, u.role, k.id FROM api_keys k JOIN users u ON u.id = k.user_id"
+            " WHERE k.key_hash = %s AND k.revoked_at IS NULL",
+            (digest,),
+        ).fetchone()
+    user = User(*row) if row else None
+    services().redis.set(cache_key, json.dumps(asdict(user)) if user else "", ex=_KEY_CACHE_S)
+    return user or _invalid_key()
+
+
+def _invalid_key() -> User:
+    raise Unauthorized("unknown or revoked API key")
+
+
+def _from_session() -> User | None:
+    if "user_id" not in session:
+        return None
+    if request.method in _UNSAFE and request.headers.get("X-CSRF-Token") != session.get("csrf"):
+        raise Forbidden("missing or wrong X-CSRF-Token for this session", code="csrf")
+    with db.pool().connection() as conn:
+        row = conn.execute(
+            "SELECT id, name, role FROM users WHERE id = %s", (session["user_id"],)
+        ).fetchone()
+    return User(*row) if row else None
+
+
+# --- users and keys (shared by the API and the CLI) ---------------------------------
+
+
+def create_user(name: str, password: str | None, role: str = "user") -> User:
+    try:
+        with db.pool().connection() as conn:
+            row = conn.execute(
+                "INSERT INTO users (name, password_hash, role) VALUES (%s, %s, %s)"
+                " RETURNING id, name, role",
+                (name, hash_password(password) if password else None, role),
+            ).fetchone()
+    except psycopg.errors.UniqueViolation as exc:
+        raise Conflict(f"the name {name!r} is taken") from exc
+    assert row is not None
+    return User(*row)
+
+
+def create_key(user: User, name: str) -> tuple[int, str]:
+    key = new_api_key()
+    with db.pool().connection() as conn:
+        row = conn.execute(
+            "INSERT INTO api_keys (user_id, name, prefix, key_hash) VALUES (%s, %s, %s, %s)"
+            " RETURNING id",
+            (user.id, name, key[:8], key_hash(key)),
+        ).fetchone()
+    assert row is not None
+    return row[0], key
+
+
+# --- HTTP -------------------------------------------------------------------------------
+
+
+def _credentials() -> tuple[str, str]:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object", code="invalid_json")
+    name, password = body.get("name"), body.get("password")
+    if not isinstance(name, str) or not 1 <= len(name.strip()) <= 64:
+        raise BadRequest("'name' must be a string of 1 to 64 characters")
+    if not isinstance(password, str) or len(password) < 8:
+        raise BadRequest("'password' must be a string of at least 8 characters")
+    return name.strip(), password
+
+
+def _start_session(user: User):
+    session.clear()
+    session["user_id"] = user.id
+    session["csrf"] = secrets.token_urlsafe(32)
+    session.permanent = True
+    return jsonify({"user": _public(user), "csrf_token": session["csrf"]})
+
+
+@bp.post("/auth/register")
+def register():
+    name, password = _credentials()
+    return _start_session(create_user(name, password)), 201
+
+
+@bp.post("/auth/login")
+def login():
+    name, password = _credentials()
+    with db.pool().connection() as conn:
+        row = conn.execute(
+            "SELECT id, name, role, password_hash FROM users WHERE name = %s", (name,)
+        ).fetchone()
+    if row is None or not check_password(password, row[3]):
+        raise Unauthorized("wrong name or password")
+    return _start_session(User(*row[:3]))
+
+
+@bp.post("/auth/logout")
+def logout():
+    session.clear()
+    return jsonify({"ok": True})
+
+
+@bp.get("/auth/me")
+@login_required
+def me():
+    return jsonify({"user": _public(current_user()), "csrf_token": session.get("csrf")})
+
+
+def _public(user: User) -> dict:
+    return {"id": user.id, "name": user.name, "role": user.role}
+
+
+@bp.get("/keys")
+@login_required
+def list_keys():
+    with db.pool().connection() as conn:
+        rows = conn.execute(
+            "SELECT id, name, prefix, created_at, last_used_at, revoked_at FROM api_keys"
+            " WHERE user_id = %s ORDER BY id",
+            (current_user().id,),
+        ).fetchall()
+    fields = ("id", "name", "prefix", "created_at", "last_used_at", "revoked_at")
+    return jsonify({"keys": [dict(zip(fields, row, strict=True)) for row in rows]})
+
+
+@bp.post("/keys")
+@login_required
+def add_key():
+    body = request.get_json(silent=True) or {}
+    name = body.get("name", "default") if isinstance(body, dict) else None
+    if not isinstance(name, str) or not 1 <= len(name) <= 64:
+        raise BadRequest("'name' must be a string of 1 to 64 characters")
+    key_id, key = create_key(current_user(), name)
+    return jsonify({"id": key_id, "name": name, "key": key, "note": "shown once"}), 201
+
+
+@bp.delete("/keys/<int:key_id>")
+@login_required
+def revoke_key(key_id: int):
+    with db.pool().connection() as conn:
+        row = conn.execute(
+            "UPDATE api_keys SET revoked_at = now() WHERE id = %s AND user_id = %s"
+            " AND revoked_at IS NULL RETURNING key_hash",
+            (key_id, current_user().id),
+        ).fetchone()
+    if row is None:
+        raise NotFound("no such active key")
+    services().redis.delete(f"{services().store.prefix}apikey:{row[0]}")
+    return jsonify({"id": key_id, "revoked": True})
+
+
+# --- CLI: flask --app webapp users create NAME [--admin] --------------------------------
+
+
+def init_app(app: Flask) -> None:
+    app.register_blueprint(bp)
+    users = click.Group("users", help="Manage users.")
+
+    @users.command("create")
+    @click.argument("name")
+    @click.option("--admin", is_flag=True, help="give the user the admin role")
+    @click.option("--password", help="let the user sign in to the browser UI too")
+    def create(name: str, admin: bool, password: str | None) -> None:
+        """Create a user and print a new API key for it (shown once)."""
+        user = create_user(name, password, "admin" if admin else "user")
+        _, key = create_key(user, "cli")
+        click.echo(key)
+
+    app.cli.add_command(users)

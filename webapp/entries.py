@@ -1,0 +1,199 @@
+"""Cache entries API, feedback and stats.
+
+Users see shared entries and their own private ones, and may invalidate what they
+caused; admins see and invalidate everything. Invalidation reaches PostgreSQL (the
+row is marked), Redis (the hot copy and its aliases) and every semantic index.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from flask import Blueprint, jsonify, request
+from psycopg.rows import dict_row
+
+from webapp import db
+from webapp.auth import User, admin_required, current_user, login_required
+from webapp.errors import BadRequest, Forbidden, NotFound
+from webapp.services import services
+
+bp = Blueprint("entries", __name__, url_prefix="/api/v1")
+
+_FIELDS = (
+    "id, model, prompt, response, scope, owner_id, created_at, expires_at, hits, last_hit_at,"
+    " invalidated_at, invalidated_reason"
+)
+
+
+def _visible(user: User) -> tuple[str, tuple[Any, ...]]:
+    if user.is_admin:
+        return "TRUE", ()
+    return "(scope = 'shared' OR owner_id = %s)", (user.id,)
+
+
+def _int_arg(name: str, default: int, low: int, high: int) -> int:
+    raw = request.args.get(name, str(default))
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise BadRequest(f"'{name}' must be an integer") from exc
+    if not low <= value <= high:
+        raise BadRequest(f"'{name}' must be between {low} and {high}")
+    return value
+
+
+@bp.get("/entries")
+@login_required
+def list_entries():
+    where, params = _visible(current_user())
+    clauses, args = [where, "invalidated_at IS NULL", "expires_at > now()"], list(params)
+    if q := request.args.get("q"):
+        clauses.append("(prompt ILIKE %s OR response ILIKE %s)")
+        args += [f"%{q}%", f"%{q}%"]
+    if model := request.args.get("model"):
+        clauses.append("model = %s")
+        args.append(model)
+    limit = _int_arg("limit", 50, 1, 500)
+    offset = _int_arg("offset", 0, 0, 10**9)
+    with db.pool().connection() as conn:
+        rows = (
+            conn.cursor(row_factory=dict_row)
+            .execute(
+                f"SELECT {_FIELDS} FROM cache_entries WHERE {' AND '.join(clauses)}"
+                f" ORDER BY created_at DESC LIMIT %s OFFSET %s",
+                (*args, limit, offset),
+            )
+            .fetchall()
+        )
+    return jsonify({"entries": rows, "limit": limit, "offset": offset})
+
+
+def _get_visible(entry_id: str) -> dict[str, Any]:
+    row = services().repo.by_id(entry_id)
+    user = current_user()
+    if row is None or not (user.is_admin or row["scope"] == "shared" or row["owner_id"] == user.id):
+        raise NotFound("no such entry")  # another's private entry does not exist for you
+    return row
+
+
+@bp.get("/entries/<entry_id>")
+@login_required
+def show_entry(entry_id: str):
+    row = _get_visible(entry_id)
+    row.pop("key", None)
+    row.pop("namespace", None)
+    return jsonify(row)
+
+
+@bp.delete("/entries/<entry_id>")
+@login_required
+def invalidate_entry(entry_id: str):
+    row = _get_visible(entry_id)
+    user = current_user()
+    if not user.is_admin and row["owner_id"] != user.id:
+        raise Forbidden("only the user who caused an entry, or an admin, may invalidate it")
+    removed = services().repo.invalidate("id = %s", (entry_id,), "invalidated")
+    services().forget(removed)
+    return jsonify({"invalidated": [r.id for r in removed]})
+
+
+@bp.post("/entries/invalidate")
+@admin_required
+def invalidate_many():
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or not ({"model", "older_than_s"} & set(body)):
+        raise BadRequest("give 'model' and/or 'older_than_s'")
+    clauses, args = [], []
+    if "model" in body:
+        if not isinstance(body["model"], str):
+            raise BadRequest("'model' must be a string")
+        clauses.append("model = %s")
+        args.append(body["model"])
+    if "older_than_s" in body:
+        age = body["older_than_s"]
+        if isinstance(age, bool) or not isinstance(age, int | float) or age < 0:
+            raise BadRequest("'older_than_s' must be a non-negative number")
+        clauses.append("created_at < now() - make_interval(secs => %s)")
+        args.append(age)
+    removed = services().repo.invalidate(" AND ".join(clauses), tuple(args), "invalidated")
+    services().forget(removed)
+    return jsonify({"invalidated": len(removed)})
+
+
+@bp.post("/feedback")
+@login_required
+def feedback():
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or not isinstance(body.get("id"), str):
+        raise BadRequest("'id' (the answer's id) is required")
+    if not isinstance(body.get("good"), bool):
+        raise BadRequest("'good' must be true or false")
+    row = _answer(body["id"], current_user())
+    if body["good"]:
+        return jsonify({"id": body["id"], "recorded": True, "invalidated": []})
+    removed = services().repo.invalidate("id = %s", (row["entry_id"],), "feedback")
+    services().forget(removed)
+    return jsonify({"id": body["id"], "recorded": True, "invalidated": [r.id for r in removed]})
+
+
+def _answer(answer_id: str, user: User) -> dict[str, Any]:
+    """The logged answer (the log is batched: give this process's buffer a flush, and
+    other processes one interval, before saying it does not exist)."""
+    deadline = time.monotonic() + 3 * services().log.interval_s
+    while True:
+        services().log.flush()
+        with db.pool().connection() as conn:
+            row = (
+                conn.cursor(row_factory=dict_row)
+                .execute(
+                    "SELECT entry_id, user_id, outcome FROM request_log WHERE answer_id = %s",
+                    (answer_id,),
+                )
+                .fetchone()
+            )
+        if row is not None or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    if row is None or row["entry_id"] is None or not (user.is_admin or row["user_id"] == user.id):
+        raise NotFound("no such answer of yours")
+    return row
+
+
+@bp.get("/stats")
+@login_required
+def stats():
+    window = _int_arg("window", 3600, 1, 366 * 24 * 3600)
+    with db.pool().connection() as conn:
+        rows = (
+            conn.cursor(row_factory=dict_row)
+            .execute(
+                "SELECT outcome, count(*) AS n, sum(tokens_saved) AS tokens_saved,"
+                " percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms) AS p50_ms,"
+                " percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) AS p95_ms"
+                " FROM request_log WHERE at > now() - make_interval(secs => %s)"
+                " GROUP BY outcome",
+                (window,),
+            )
+            .fetchall()
+        )
+    by = {r["outcome"]: r for r in rows}
+    answered = sum(r["n"] for o, r in by.items() if o != "error")
+    hits = sum(by[o]["n"] for o in ("exact", "semantic", "coalesced") if o in by)
+    return jsonify(
+        {
+            "window_s": window,
+            "requests": sum(r["n"] for r in rows),
+            "counts": {o: by[o]["n"] if o in by else 0 for o in _OUTCOMES},
+            "hit_rate": hits / answered if answered else None,
+            "llm_calls": by["miss"]["n"] if "miss" in by else 0,
+            "llm_calls_saved": hits,
+            "tokens_saved": sum(int(r["tokens_saved"] or 0) for r in rows),
+            "latency_ms": {
+                o: {"p50": by[o]["p50_ms"], "p95": by[o]["p95_ms"]} for o in _OUTCOMES if o in by
+            },
+        }
+    )
+
+
+_OUTCOMES = ("exact", "semantic", "coalesced", "miss", "error")
