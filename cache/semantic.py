@@ -16,6 +16,7 @@ The search is exact cosine (vectors are L2-normalised, so a dot product) behind
 from __future__ import annotations
 
 import struct
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -108,6 +109,8 @@ class SemanticIndex:
         self.prefix = prefix
         self.source = source
         self.log_key = f"{prefix}semlog"
+        self.epoch_key = f"{prefix}semlog:epoch"
+        self._epoch: Any = None
         self._spaces: dict[str, _Namespace] = {}
         self._last_id: str | None = None
 
@@ -142,7 +145,13 @@ class SemanticIndex:
             self.rebuild()
             return
         while True:
-            reply: Any = self.client.xread({self.log_key: self._last_id}, count=1000)
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.xread({self.log_key: self._last_id}, count=1000)
+                pipe.get(self.epoch_key)
+                reply, epoch = pipe.execute()
+            if epoch != self._epoch:
+                self.rebuild()  # Redis lost the log (flushed, restarted): reload
+                return
             if not reply:
                 return
             entries = reply[0][1]
@@ -157,6 +166,10 @@ class SemanticIndex:
 
     def rebuild(self) -> None:
         """Load from the source; remember the log position read before loading."""
+        # The epoch names this life of the log: a flush deletes it, and every process
+        # notices on its next sync that it must reload.
+        self.client.set(self.epoch_key, uuid.uuid4().hex, nx=True)
+        self._epoch = self.client.get(self.epoch_key)
         last: Any = self.client.xrevrange(self.log_key, count=1)
         start = last[0][0].decode() if last else "0-0"
         spaces: dict[str, _Namespace] = {}

@@ -16,6 +16,8 @@ import redis
 
 from cache.entry import Entry, Outcome
 from cache.lease import Follower, Lease, followers
+from cache.repo import Removed
+from cache.semantic import SemanticIndex
 
 ERROR_MEMORY_S = 10
 
@@ -109,3 +111,10 @@ class ExactStore:
             answered += pending
             pending = [g for i in releases for g in followers(results[i])]
         return answered
+
+
+def forget_everywhere(removed: list[Removed], store: ExactStore, index: SemanticIndex) -> None:
+    """Entries taken out of service in PostgreSQL leave Redis and every semantic index."""
+    for r in removed:
+        store.forget(r.id, r.key)
+        index.remove(r.namespace, r.key)

@@ -12,17 +12,18 @@ import threading
 
 from celery.signals import worker_ready
 
+from cache import ExactStore, SemanticIndex
+from cache.repo import CacheRepo
+from cache.store import forget_everywhere
 from tasks.app import app
-from tasks.resources import Resources, resources
+from tasks.resources import resources
 
 log = logging.getLogger(__name__)
 
 
-def sweep(res: Resources, max_entries: int) -> int:
-    removed = res.repo.evict(max_entries)
-    for r in removed:
-        res.store.forget(r.id, r.key)
-        res.index.remove(r.namespace, r.key)
+def sweep(repo: CacheRepo, store: ExactStore, index: SemanticIndex, max_entries: int) -> int:
+    removed = repo.evict(max_entries)
+    forget_everywhere(removed, store, index)
     if removed:
         log.info("evicted %d entries", len(removed))
     return len(removed)
@@ -34,7 +35,7 @@ def _run(interval_s: float, max_entries: int) -> None:
             res = resources()
             lock = f"{res.store.prefix}sweep"
             if res.redis.set(lock, "1", nx=True, px=int(interval_s * 1000)):
-                sweep(res, max_entries)
+                sweep(res.repo, res.store, res.index, max_entries)
         except Exception as exc:  # the next round may find Redis or PostgreSQL back
             log.error("sweep failed: %s", exc)
         threading.Event().wait(interval_s)

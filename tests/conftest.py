@@ -141,6 +141,8 @@ def post_chat(
     return requests.post(f"{url}/api/v1/chat", json=body, timeout=timeout, headers=auth(key))
 
 
-def post_many(url: str, bodies: list[dict], workers: int | None = None) -> list[requests.Response]:
+def post_many(
+    url: str, bodies: list[dict], workers: int | None = None, key: str | None = None
+) -> list[requests.Response]:
     with ThreadPoolExecutor(max_workers=workers or len(bodies)) as pool:
-        return list(pool.map(lambda b: post_chat(url, b), bodies))
+        return list(pool.map(lambda b: post_chat(url, b, key=key), bodies))

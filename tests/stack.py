@@ -86,7 +86,9 @@ class Stack:
         self.procs[name] = proc
         return proc
 
-    def start_web(self, workers: int = 2, worker_class: str = "gevent") -> Proc:
+    def start_web(
+        self, workers: int = 2, worker_class: str = "gevent", extra_env: dict | None = None
+    ) -> Proc:
         self.web_port = free_port()
         args = [
             "gunicorn",
@@ -104,7 +106,7 @@ class Stack:
         ]
         if worker_class == "gthread":
             args[5:5] = ["--threads", "200"]
-        proc = self._spawn("web", args)
+        proc = self._spawn("web", args, extra_env)
         _wait_for(lambda: _get_ok(f"{self.url}/healthz"), proc, "web")
         return proc
 

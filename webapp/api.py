@@ -42,9 +42,8 @@ def chat_view():
     threshold = cfg["SEMANTIC_THRESHOLD"] if req.threshold is None else req.threshold
     answer_id = uuid.uuid4().hex
     try:
-        answer = chat.ask(
-            services(), req, user.id, cfg["CACHE_TTL"], threshold, cfg["REQUEST_TIMEOUT_S"]
-        )
+        ttl_s = cfg["CACHE_TTL"] if req.ttl is None else req.ttl
+        answer = chat.ask(services(), req, user.id, ttl_s, threshold, cfg["REQUEST_TIMEOUT_S"])
     except ApiError as exc:
         if exc.status >= 500:
             _log(answer_id, user, req, started, outcome="error", error_code=exc.code)

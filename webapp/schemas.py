@@ -10,7 +10,8 @@ from webapp.errors import BadRequest, TooLarge
 ROLES = ("system", "user", "assistant")
 CACHE_MODES = ("use", "refresh", "bypass")
 _CHAT_FIELDS = {"messages", "prompt", "model", "options", "cache"}
-_CACHE_FIELDS = {"mode", "threshold", "scope"}
+_CACHE_FIELDS = {"mode", "threshold", "scope", "ttl"}
+MAX_TTL_S = 10 * 365 * 24 * 3600
 SCOPES = ("shared", "private")
 
 
@@ -22,6 +23,7 @@ class ChatRequest:
     mode: str = "use"
     threshold: float | None = None
     scope: str = "shared"
+    ttl: int | None = None
 
     @classmethod
     def parse(cls, body: Any, default_model: str, max_prompt_chars: int) -> ChatRequest:
@@ -53,6 +55,7 @@ class ChatRequest:
             mode=_mode(cache),
             threshold=_threshold(cache),
             scope=_scope(cache),
+            ttl=_ttl(cache),
         )
 
 
@@ -107,3 +110,12 @@ def _scope(cache: dict[str, Any]) -> str:
     if scope not in SCOPES:
         raise BadRequest(f"cache.scope must be one of {', '.join(SCOPES)}")
     return str(scope)
+
+
+def _ttl(cache: dict[str, Any]) -> int | None:
+    value = cache.get("ttl")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TTL_S:
+        raise BadRequest(f"cache.ttl must be a whole number of seconds from 1 to {MAX_TTL_S}")
+    return value

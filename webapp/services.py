@@ -15,6 +15,7 @@ from flask import Flask, current_app
 from cache import ExactStore, Lease, SemanticIndex, WakeupHub
 from cache.ratelimit import RateLimiter
 from cache.repo import CacheRepo, Removed
+from cache.store import forget_everywhere
 from tasks.app import app as celery_app
 from webapp import db
 from webapp.reqlog import RequestLog
@@ -32,10 +33,7 @@ class Services:
     log: RequestLog
 
     def forget(self, removed: list[Removed]) -> None:
-        """Entries taken out of service in PostgreSQL leave Redis and every index."""
-        for r in removed:
-            self.store.forget(r.id, r.key)
-            self.index.remove(r.namespace, r.key)
+        forget_everywhere(removed, self.store, self.index)
 
     def dispatch(self, task: str, job: dict[str, Any], queue: str) -> None:
         celery_app.send_task(task, args=[job], queue=queue)
