@@ -47,6 +47,8 @@ def answer(res: Resources, job: dict[str, Any]) -> dict[str, Any] | None:
         me = Follower(job["key"], job["attempt"], leader.similarity)
         if res.lease.follow(leader.key, me):
             res.inflight.withdraw(ns, announced)
+            # Streaming waiters of our key read the leader's tokens from now on.
+            res.tokens.follow(job["key"], leader.key, leader.similarity, leader.prompt)
             return None
     # Renew the queued lease: the llm queue may hold the job a while longer.
     if not res.lease.claim(job["key"], job["attempt"], "q"):
@@ -189,9 +191,17 @@ def _served_from_cache(res: Resources, job: dict[str, Any]) -> bool:
 
 
 def _complete_with_retries(res: Resources, job: dict[str, Any]) -> Completion:
+    key = job["key"]
     for retry in range(res.max_retries + 1):
+        if retry:
+            res.tokens.reset(key)
         try:
-            return res.llm.chat(job["model"], job["messages"], job.get("options"))
+            completion = res.llm.chat(
+                job["model"], job["messages"], job.get("options"),
+                on_token=lambda text: res.tokens.token(key, text),
+            )  # fmt: skip
+            res.tokens.end(key)
+            return completion
         except PermanentLLMError:
             raise
         except LLMError as exc:

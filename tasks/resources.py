@@ -17,6 +17,7 @@ from psycopg_pool import ConnectionPool
 
 from cache import EmbeddingCache, ExactStore, InFlightPrompts, Lease, SemanticIndex
 from cache.repo import CacheRepo
+from cache.tokens import TokenWriter
 from inference import OllamaClient
 from inference.embeddings import Embedder, load_embedder
 from tasks.app import app
@@ -31,6 +32,7 @@ class Resources:
     index: SemanticIndex
     inflight: InFlightPrompts
     embeddings: EmbeddingCache
+    tokens: TokenWriter
     llm: OllamaClient
     max_retries: int
     retry_backoff_s: float
@@ -76,6 +78,7 @@ def _build() -> Resources:
         index=SemanticIndex(client, prefix, repo.vectors),
         inflight=InFlightPrompts(client, prefix),
         embeddings=EmbeddingCache(client, prefix),
+        tokens=TokenWriter(client, prefix),
         llm=OllamaClient(conf.flock_ollama_url, read_timeout_s=conf.flock_llm_timeout_s),
         max_retries=conf.flock_llm_max_retries,
         retry_backoff_s=conf.flock_llm_retry_backoff_s,

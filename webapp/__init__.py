@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, jsonify
+from flask import Flask
 
-from webapp import api, auth, config, db, entries, errors, services
+from webapp import api, auth, config, db, entries, errors, ops, services, ui
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
@@ -25,9 +25,6 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     auth.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(entries.bp)
-
-    @app.get("/healthz")
-    def healthz():
-        return jsonify({"status": "ok"})
-
+    app.register_blueprint(ops.bp)
+    app.register_blueprint(ui.bp)
     return app

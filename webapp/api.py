@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
-from webapp import chat
+from webapp import chat, streaming
 from webapp.auth import User, current_user
 from webapp.errors import ApiError, BadRequest, RateLimited
 from webapp.schemas import ChatRequest
@@ -40,50 +41,82 @@ def chat_view():
     cfg = current_app.config
     req = ChatRequest.parse(body, cfg["OLLAMA_MODEL"], cfg["MAX_PROMPT_CHARS"])
     threshold = cfg["SEMANTIC_THRESHOLD"] if req.threshold is None else req.threshold
+    ttl_s = cfg["CACHE_TTL"] if req.ttl is None else req.ttl
+    key = chat.request_key(req, user.id)
     answer_id = uuid.uuid4().hex
-    try:
-        ttl_s = cfg["CACHE_TTL"] if req.ttl is None else req.ttl
-        answer = chat.ask(services(), req, user.id, ttl_s, threshold, cfg["REQUEST_TIMEOUT_S"])
-    except ApiError as exc:
-        if exc.status >= 500:
-            _log(answer_id, user, req, started, outcome="error", error_code=exc.code)
-        raise
-    entry = answer.entry
-    _log(answer_id, user, req, started, answer=answer)
-    resp = jsonify(
-        {
-            "id": answer_id,
-            "model": entry.model,
-            "message": {"role": "assistant", "content": entry.response},
-            "cache": {
-                "status": answer.status,
-                "similarity": answer.similarity,
-                "matched_prompt": answer.matched_prompt,
-                "threshold": threshold,
-                "scope": req.scope,
-                "entry_id": entry.id,
-            },
-            "usage": {
-                "prompt_tokens": entry.prompt_tokens,
-                "completion_tokens": entry.completion_tokens,
-            },
-            "timings": {"total_ms": _ms_since(started)},
-        }
-    )
+    svc = services()
+
+    def ask(progress: chat.Progress | None = None) -> chat.Answer:
+        try:
+            answer = chat.ask(
+                svc, req, key, user.id, ttl_s, threshold, cfg["REQUEST_TIMEOUT_S"], progress
+            )
+        except ApiError as exc:
+            if exc.status >= 500:
+                _log(svc, answer_id, user, req, started, outcome="error", error_code=exc.code)
+            raise
+        _log(svc, answer_id, user, req, started, answer=answer)
+        return answer
+
+    if req.stream:
+        return Response(
+            stream_with_context(_events(svc, key, ask, answer_id, threshold, req, started)),
+            mimetype="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    answer = ask()
+    resp = jsonify(_body(answer, answer_id, threshold, req, started))
     resp.headers["X-Cache"] = answer.status
     return resp
+
+
+def _events(svc, key, ask, answer_id, threshold, req, started) -> Iterator[str]:
+    for event, data in streaming.relay(svc, key, ask):
+        if event == "meta":
+            yield streaming.sse("meta", {**data, "threshold": threshold, "id": answer_id,
+                                         "model": req.model})  # fmt: skip
+        elif event == "delta":
+            yield streaming.sse("delta", {"content": data})
+        elif event == "done":
+            yield streaming.sse("done", _body(data, answer_id, threshold, req, started))
+        elif event == "error":
+            yield streaming.sse("error", {"error": {"code": data.code, "message": data.message}})
+        else:
+            yield streaming.sse(event, {})
+
+
+def _body(answer: chat.Answer, answer_id: str, threshold: float, req: ChatRequest, started):
+    entry = answer.entry
+    return {
+        "id": answer_id,
+        "model": entry.model,
+        "message": {"role": "assistant", "content": entry.response},
+        "cache": {
+            "status": answer.status,
+            "similarity": answer.similarity,
+            "matched_prompt": answer.matched_prompt,
+            "threshold": threshold,
+            "scope": req.scope,
+            "entry_id": entry.id,
+        },
+        "usage": {
+            "prompt_tokens": entry.prompt_tokens,
+            "completion_tokens": entry.completion_tokens,
+        },
+        "timings": {"total_ms": _ms_since(started)},
+    }
 
 
 def _ms_since(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
 
 
-def _log(answer_id, user, req, started, answer=None, outcome=None, error_code=None) -> None:
+def _log(svc, answer_id, user, req, started, answer=None, outcome=None, error_code=None) -> None:
     entry = answer.entry if answer else None
     saved = 0
     if answer is not None and answer.status != "miss":
         saved = entry.prompt_tokens + entry.completion_tokens
-    services().log.record(
+    svc.log.record(
         answer_id=answer_id,
         user_id=user.id,
         model=req.model,

@@ -38,19 +38,37 @@ class Answer:
     matched_prompt: str | None = None
 
 
-def ask(
-    svc: Services, req: ChatRequest, user_id: int, ttl_s: int, threshold: float, timeout_s: float
-) -> Answer:
+@dataclass
+class Progress:
+    """What a streaming reader may learn before the answer: did this request dispatch?"""
+
+    dispatched: bool = False
+
+
+def request_key(req: ChatRequest, user_id: int) -> CacheKey:
     # A private entry lives in a namespace of its owner's: it can never match anyone else.
     scope = f"private:{user_id}" if req.scope == "private" else "shared"
     key = CacheKey.build(req.model, req.messages, req.options, scope)
+    if req.mode == "bypass":
+        # A key of its own: single-flight and wake-ups work as usual, nothing is stored.
+        key = replace(key, exact=f"bypass-{uuid.uuid4().hex}")
+    return key
+
+
+def ask(
+    svc: Services,
+    req: ChatRequest,
+    key: CacheKey,
+    user_id: int,
+    ttl_s: int,
+    threshold: float,
+    timeout_s: float,
+    progress: Progress | None = None,
+) -> Answer:
     if req.mode == "use":
         entry = svc.store.get(key.exact)
         if entry is not None:
             return Answer(entry, "exact", key.exact)
-    if req.mode == "bypass":
-        # A key of its own: single-flight and wake-ups work as usual, nothing is stored.
-        key = replace(key, exact=f"bypass-{uuid.uuid4().hex}")
     stale = svc.store.get(key.exact) if req.mode == "refresh" else None
     job = {
         "key": key.exact,
@@ -67,7 +85,7 @@ def ask(
     }
     svc.hub.start()
     with svc.hub.watch(key.exact) as box:
-        return _wait(svc, job, box, stale.id if stale else None, timeout_s)
+        return _wait(svc, job, box, stale.id if stale else None, timeout_s, progress or Progress())
 
 
 def _wait(
@@ -76,6 +94,7 @@ def _wait(
     box: queue.SimpleQueue[Outcome],
     stale_id: str | None,
     timeout_s: float,
+    progress: Progress,
 ) -> Answer:
     key = job["key"]
     mine: set[str] = set()
@@ -98,6 +117,7 @@ def _wait(
             raise LLMFailed(failure.error_message or "the LLM failed", code=failure.error_code)
         else:
             _take_lease(svc, job, mine)
+            progress.dispatched = bool(mine)
         first = False
         remaining = deadline - time.monotonic()
         if remaining <= 0:

@@ -9,7 +9,7 @@ from webapp.errors import BadRequest, TooLarge
 
 ROLES = ("system", "user", "assistant")
 CACHE_MODES = ("use", "refresh", "bypass")
-_CHAT_FIELDS = {"messages", "prompt", "model", "options", "cache"}
+_CHAT_FIELDS = {"messages", "prompt", "model", "options", "cache", "stream"}
 _CACHE_FIELDS = {"mode", "threshold", "scope", "ttl"}
 MAX_TTL_S = 10 * 365 * 24 * 3600
 SCOPES = ("shared", "private")
@@ -24,6 +24,7 @@ class ChatRequest:
     threshold: float | None = None
     scope: str = "shared"
     ttl: int | None = None
+    stream: bool = False
 
     @classmethod
     def parse(cls, body: Any, default_model: str, max_prompt_chars: int) -> ChatRequest:
@@ -56,6 +57,7 @@ class ChatRequest:
             threshold=_threshold(cache),
             scope=_scope(cache),
             ttl=_ttl(cache),
+            stream=_flag(body, "stream"),
         )
 
 
@@ -118,4 +120,11 @@ def _ttl(cache: dict[str, Any]) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TTL_S:
         raise BadRequest(f"cache.ttl must be a whole number of seconds from 1 to {MAX_TTL_S}")
+    return value
+
+
+def _flag(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name, False)
+    if not isinstance(value, bool):
+        raise BadRequest(f"'{name}' must be true or false")
     return value

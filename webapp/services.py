@@ -16,6 +16,7 @@ from cache import ExactStore, Lease, SemanticIndex, WakeupHub
 from cache.ratelimit import RateLimiter
 from cache.repo import CacheRepo, Removed
 from cache.store import forget_everywhere
+from cache.tokens import TokenHub, TokenWriter
 from tasks.app import app as celery_app
 from webapp import db
 from webapp.reqlog import RequestLog
@@ -31,6 +32,7 @@ class Services:
     index: SemanticIndex
     limiter: RateLimiter
     log: RequestLog
+    tokens: TokenHub
 
     def forget(self, removed: list[Removed]) -> None:
         forget_everywhere(removed, self.store, self.index)
@@ -69,6 +71,10 @@ def init_app(app: Flask) -> None:
         index=SemanticIndex(client, prefix, source=lambda: ()),
         limiter=RateLimiter(client, prefix, cfg["REQUESTS_PER_MINUTE"]),
         log=RequestLog(pool, cfg["REQUEST_LOG_INTERVAL_S"]),
+        tokens=TokenHub(
+            redis.Redis.from_url(cfg["REDIS_URL"], health_check_interval=30),
+            TokenWriter(client, prefix),
+        ),
     )
 
 

@@ -1,0 +1,100 @@
+"""Server-Sent Events for POST /api/v1/chat with "stream": true.
+
+The answer is computed exactly as without streaming (webapp.chat.ask, in a side
+thread); meanwhile the request relays the key's live token stream. Events: `meta`
+once the status is known, `delta` tokens, `reset` if the LLM call was retried after
+streaming began, `done` with the whole answer body, `error`, and heartbeat comments.
+The stream always ends with the answer's full text: whatever the live relay did not
+deliver (it lags, or the answer came from the cache) is sent before `done`.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from typing import Any
+
+from cache import CacheKey
+from webapp.chat import Answer, Progress
+from webapp.errors import ApiError
+from webapp.services import Services
+
+HEARTBEAT_S = 10.0
+Event = tuple[str, Any]
+
+
+def chunks(text: str) -> list[str]:
+    """A cached answer replayed as tokens: words with their trailing white space."""
+    return re.findall(r"\S+\s*|\s+", text)
+
+
+def relay(svc: Services, key: CacheKey, ask: Callable[[Progress], Answer]) -> Iterator[Event]:
+    """Events of one streamed answer; the last is ("done", Answer) or ("error", ApiError)."""
+    progress = Progress()
+    result: queue.SimpleQueue[Answer | ApiError] = queue.SimpleQueue()
+
+    def run() -> None:
+        try:
+            result.put(ask(progress))
+        except ApiError as exc:
+            result.put(exc)
+
+    threading.Thread(target=run, name="stream-ask", daemon=True).start()
+    sent: list[str] = []
+    meta: dict[str, Any] | None = None
+    beat = time.monotonic()
+    with ExitStack() as stack:
+        tokens = stack.enter_context(svc.tokens.read(key.exact))
+        while True:
+            try:
+                final = result.get_nowait()
+                break
+            except queue.Empty:
+                pass
+            try:
+                entry = tokens.get(timeout=0.05)
+            except queue.Empty:
+                if time.monotonic() - beat > HEARTBEAT_S:
+                    beat = time.monotonic()
+                    yield "heartbeat", None
+                continue
+            if "follow" in entry:  # our prompt follows a similar one: relay its tokens
+                stack.close()
+                tokens = stack.enter_context(svc.tokens.read(entry["follow"]))
+                meta = {"status": "coalesced", "similarity": float(entry["similarity"]),
+                        "matched_prompt": entry["prompt"]}  # fmt: skip
+                yield "meta", meta
+            elif "reset" in entry and sent:
+                sent.clear()
+                yield "reset", None
+            elif "t" in entry:
+                if meta is None:
+                    meta = {"status": "miss" if progress.dispatched else "coalesced",
+                            "similarity": None, "matched_prompt": None}  # fmt: skip
+                    yield "meta", meta
+                sent.append(entry["t"])
+                yield "delta", entry["t"]
+    if isinstance(final, ApiError):
+        yield "error", final
+        return
+    if meta is None:
+        yield "meta", {"status": final.status, "similarity": final.similarity,
+                       "matched_prompt": final.matched_prompt}  # fmt: skip
+    text, streamed = final.entry.response, "".join(sent)
+    if not text.startswith(streamed):
+        yield "reset", None
+        streamed = ""
+    for piece in chunks(text[len(streamed) :]):
+        yield "delta", piece
+    yield "done", final
+
+
+def sse(event: str, data: Any) -> str:
+    if event == "heartbeat":
+        return ": heartbeat\n\n"
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
