@@ -23,6 +23,7 @@ worker_prefetch_multiplier = 1
 task_routes = {
     "flock.answer": {"queue": "embed"},
     "flock.generate": {"queue": "llm"},
+    "flock.embed": {"queue": "embed"},
 }
 task_default_queue = "embed"
 
@@ -36,6 +37,8 @@ accept_content = ["json"]
 flock_database_url = os.environ.get("DATABASE_URL", "postgresql:///flock")
 flock_key_prefix = os.environ.get("FLOCK_KEY_PREFIX", "flock:v1:")
 flock_ollama_url = os.environ.get("OLLAMA_URL", "http://127.0.0.1:11434")
+# ollama | embedded (SmolLM2-135M inside the llm worker) | auto (Ollama if it answers).
+flock_llm_backend = os.environ.get("LLM_BACKEND", "auto")
 flock_llm_timeout_s = float(os.environ.get("LLM_TIMEOUT_S", "120"))
 flock_llm_max_retries = int(os.environ.get("LLM_MAX_RETRIES", "2"))
 flock_llm_retry_backoff_s = float(os.environ.get("LLM_RETRY_BACKOFF_S", "0.5"))

@@ -28,8 +28,8 @@ import numpy.typing as npt
 logger = logging.getLogger(__name__)
 
 EMBEDDING_DIM = 384
-# Inside the repository's git-ignored var/, next to the other runtime state.
-DEFAULT_CACHE_DIR = Path(__file__).resolve().parent.parent / "var" / "onnx"
+# The repository's git-ignored var/models, where celeryconfig's default points too.
+DEFAULT_CACHE_DIR = Path(__file__).resolve().parent.parent / "var" / "models"
 
 _MODEL_TAG = "minilm-l6-v2"
 _DEFAULT_MAX_SEQ_LENGTH = 256
@@ -98,7 +98,7 @@ class SentenceTransformerEmbedder:
         try:
             # local_files_only: never reach for a model hub, whatever the environment says.
             self._model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
-        except Exception as exc:  # noqa: BLE001 - loading errors come in many types
+        except Exception as exc:  # loading errors come in many types
             raise EmbeddingError(f"cannot load {path} with sentence-transformers: {exc}") from exc
         self._batch_size = batch_size
         tokenizer = self._model.tokenizer
@@ -136,7 +136,11 @@ class SentenceTransformerEmbedder:
 
 
 class OnnxEmbedder:
-    """The fast path: the int8 ONNX export run by onnxruntime, tokenised by tokenizer.json."""
+    """The fast path: the int8 ONNX export run by onnxruntime, tokenised by tokenizer.json.
+
+    `model_file` is the cached model in use; `exported` tells whether this constructor had to
+    build it (False when it was already in `cache_dir`).
+    """
 
     name = f"{_MODEL_TAG}/onnx-int8"
     dim = EMBEDDING_DIM
@@ -174,7 +178,7 @@ class OnnxEmbedder:
                 str(self.model_file), options, providers=["CPUExecutionProvider"]
             )
             self._tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+        except Exception as exc:  # onnxruntime raises its own exception types
             raise EmbeddingError(f"cannot load {self.model_file}: {exc}") from exc
         # tokenizer.json ships truncation at 128 and fixed padding to 128; sentence-transformers
         # truncates at 256 and does not pad a lone text, so do the same.

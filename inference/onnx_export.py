@@ -114,6 +114,8 @@ def ensure_quantized_model(model_path: Path, cache_dir: Path) -> tuple[Path, boo
     with _exclusive_lock(cache_dir / f"{key}.lock"):
         if model_file.is_file():  # another process finished it while we waited
             return model_file, False
+        for stale in cache_dir.glob(f".{key}.*"):  # left by an exporter that died mid-way
+            shutil.rmtree(stale, ignore_errors=True)
         _export_into(model_path, final_dir)
     return model_file, True
 
@@ -152,7 +154,7 @@ def export_quantized(model_path: Path, out_file: Path) -> float:
         model = AutoModel.from_pretrained(
             str(model_path), attn_implementation="eager", local_files_only=True
         ).eval()
-    except Exception as exc:  # noqa: BLE001 - any loading failure means "no export"
+    except Exception as exc:  # any loading failure means "no export"
         raise ExportError(f"cannot load {model_path} with transformers: {exc}") from exc
 
     encodings = _calibration_encodings(model_path)
@@ -167,14 +169,15 @@ def export_quantized(model_path: Path, out_file: Path) -> float:
         # The pre-processing onnxruntime's quantiser asks for; symbolic shape inference
         # cannot follow transformers' mask construction, plain ONNX shape inference suffices.
         quant_pre_process(str(float_file), str(pre_file), skip_symbolic_shape=True)
-        quantize_dynamic(
-            str(pre_file),
-            str(out_file),
-            per_channel=True,
-            weight_type=QuantType.QUInt8,
-            nodes_to_exclude=_outlier_matmuls(pre_file, OUTLIER_CHANNELS),
-        )
-    except Exception as exc:  # noqa: BLE001 - exporter/quantiser failures vary by version
+        with _quiet_root_logger():
+            quantize_dynamic(
+                str(pre_file),
+                str(out_file),
+                per_channel=True,
+                weight_type=QuantType.QUInt8,
+                nodes_to_exclude=_outlier_matmuls(pre_file, OUTLIER_CHANNELS),
+            )
+    except Exception as exc:  # exporter/quantiser failures vary by version
         raise ExportError(f"ONNX export or quantisation failed: {exc}") from exc
     finally:
         float_file.unlink(missing_ok=True)
@@ -197,6 +200,22 @@ def _exclusive_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """Drop INFO records logged straight on the root logger, as onnxruntime's quantiser does
+    (a line per node: ~150 lines in a worker log at INFO). Named loggers are unaffected."""
+    root = logging.getLogger()
+    root.addFilter(_warnings_and_up)
+    try:
+        yield
+    finally:
+        root.removeFilter(_warnings_and_up)
+
+
+def _warnings_and_up(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING
 
 
 def _version(dist: str) -> str:

@@ -23,3 +23,9 @@ def generate(job: dict) -> None:
     res = resources()
     with flow.errors_reach_waiters(res, job):
         flow.generate(res, job)
+
+
+@app.task(name="flock.embed")
+def embed(job: dict) -> None:
+    res = resources()
+    flow.embed(res, job)

@@ -6,6 +6,7 @@ cache and the lease, so it either serves what is there or steps aside.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -95,6 +96,26 @@ def generate(res: Resources, job: dict[str, Any]) -> None:
             res.index.add(job["namespace"], key, job["prompt"], vector)
     res.store.finish(key, Outcome(attempt=attempt, entry=entry, status="miss"), job["ttl"])
     _withdraw(res, job)
+
+
+def embed(res: Resources, job: dict[str, Any]) -> None:
+    """The embeddings service: vectors of job["texts"] (cache first), stored under the job's
+    id for a minute, and a wake-up on done:<id> for the waiting request."""
+    key = job["id"]
+    try:
+        model = res.embedder()
+        vectors, computed = res.embeddings.embed(model.name, job["texts"], model.embed)
+        res.redis.set(
+            f"{res.store.prefix}embres:{key}",
+            json.dumps({"model": model.name, "computed": computed, "vectors": vectors.tolist()}),
+            ex=60,
+        )
+        outcome = Outcome(attempt=key)
+    except Exception as exc:
+        outcome = Outcome(attempt=key, error_code="embedding_failed", error_message=str(exc))
+        res.store.finish(key, outcome, ttl_s=None)
+        raise
+    res.store.finish(key, outcome, ttl_s=None)
 
 
 def _embed(res: Resources, text: str) -> np.ndarray:

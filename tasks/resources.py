@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import redis
 from celery.signals import celeryd_init, worker_process_init
@@ -18,8 +20,15 @@ from psycopg_pool import ConnectionPool
 from cache import EmbeddingCache, ExactStore, InFlightPrompts, Lease, SemanticIndex
 from cache.repo import CacheRepo
 from cache.tokens import TokenWriter
-from inference import OllamaClient
-from inference.embeddings import Embedder, load_embedder
+from inference import (
+    DEFAULT_MODEL_NAME,
+    Completion,
+    EmbeddedLLM,
+    Embedder,
+    OllamaClient,
+    TransientLLMError,
+    load_embedder,
+)
 from tasks.app import app
 
 
@@ -33,7 +42,8 @@ class Resources:
     inflight: InFlightPrompts
     embeddings: EmbeddingCache
     tokens: TokenWriter
-    llm: OllamaClient
+    llm: LLM
+    llm_backend: str
     max_retries: int
     retry_backoff_s: float
     embed_cache_dir: str
@@ -70,6 +80,9 @@ def _build() -> Resources:
         conf.flock_database_url, min_size=1, max_size=4, kwargs={"autocommit": True}, open=True
     )
     repo = CacheRepo(pool)
+    llm, backend = _llm(conf)
+    # The web shows which backend answers (the UI says so when it is the tiny demo model).
+    client.set(f"{prefix}llm:backend", backend)
     return Resources(
         redis=client,
         lease=lease,
@@ -79,7 +92,8 @@ def _build() -> Resources:
         inflight=InFlightPrompts(client, prefix),
         embeddings=EmbeddingCache(client, prefix),
         tokens=TokenWriter(client, prefix),
-        llm=OllamaClient(conf.flock_ollama_url, read_timeout_s=conf.flock_llm_timeout_s),
+        llm=llm,
+        llm_backend=backend,
         max_retries=conf.flock_llm_max_retries,
         retry_backoff_s=conf.flock_llm_retry_backoff_s,
         embed_cache_dir=conf.flock_embed_cache_dir,
@@ -87,6 +101,37 @@ def _build() -> Resources:
 
 
 log = logging.getLogger(__name__)
+
+
+class LLM(Protocol):
+    def chat(
+        self,
+        model: str,
+        messages: list[dict[str, str]],
+        options: dict[str, Any] | None = None,
+        on_token: Callable[[str], None] | None = None,
+    ) -> Completion: ...
+
+
+def _llm(conf: Any) -> tuple[LLM, str]:
+    """LLM_BACKEND: `ollama`, `embedded` (SmolLM2-135M in this process), or `auto`: Ollama
+    when it answers, else the embedded demo model."""
+    ollama = OllamaClient(conf.flock_ollama_url, read_timeout_s=conf.flock_llm_timeout_s)
+    choice = conf.flock_llm_backend
+    if choice == "auto":
+        try:
+            ollama.version()
+            choice = "ollama"
+        except TransientLLMError:
+            log.warning("Ollama does not answer at %s: using the embedded demo model",
+                        conf.flock_ollama_url)  # fmt: skip
+            choice = "embedded"
+    if choice == "embedded":
+        return EmbeddedLLM(name=DEFAULT_MODEL_NAME), "embedded"
+    if choice != "ollama":
+        raise ValueError(f"LLM_BACKEND must be ollama, embedded or auto, not {choice!r}")
+    return ollama, "ollama"
+
 
 # Which queues this worker consumes, recorded in the parent before it forks its children.
 _queues: set[str] = set()

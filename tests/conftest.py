@@ -1,18 +1,21 @@
 """Fixtures: the Ollama stand-in, the test's own Redis databases and PostgreSQL
 database, a running stack, users with API keys.
 
-Tests own two Redis database numbers (FLOCK_TEST_REDIS_DB, default 11, for the
-cache; the next one for the Celery broker) and flush only those, and a PostgreSQL
+Tests own Redis database numbers (FLOCK_TEST_REDIS_DB, default 11 or the next free
+trio, for the cache; the next one for the Celery broker; the one before for a second
+stack's broker) and flush only those, and a PostgreSQL
 database of their own (created, migrated and dropped here) on the server at
 FLOCK_TEST_PG (default postgresql://postgres@127.0.0.1:5432).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +30,26 @@ from tests.stack import ROOT, Stack
 from webapp.migrate import migrate
 
 REDIS_BASE = os.environ.get("FLOCK_TEST_REDIS", "redis://127.0.0.1:6379")
-CACHE_DB = int(os.environ.get("FLOCK_TEST_REDIS_DB", "11"))
+
+
+def _claim_databases() -> int:
+    """Three Redis databases (n-1, n, n+1) of our own. Test sessions running at the same
+    time on one machine each lock a different trio, so none flushes another's."""
+    chosen = os.environ.get("FLOCK_TEST_REDIS_DB")
+    for n in (int(chosen),) if chosen else (11, 8, 5, 2):
+        handle = open(os.path.join(tempfile.gettempdir(), f"flock-test-redis-{n}.lock"), "w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        _locks.append(handle)  # held until this process exits
+        return n
+    raise RuntimeError("the test Redis databases are in use by other test sessions")
+
+
+_locks: list = []
+CACHE_DB = _claim_databases()
 CACHE_URL = f"{REDIS_BASE}/{CACHE_DB}"
 BROKER_URL = f"{REDIS_BASE}/{CACHE_DB + 1}"
 LEASE_MS = 3000

@@ -6,7 +6,18 @@ from typing import Any
 
 from flask import Flask
 
-from webapp import api, auth, config, db, entries, errors, ops, services, ui
+from webapp import (
+    api,
+    auth,
+    config,
+    db,
+    embed,
+    entries,
+    errors,
+    ops,
+    services,
+    ui,
+)
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
@@ -25,6 +36,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     auth.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(entries.bp)
+    app.register_blueprint(embed.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(ui.bp)
     return app

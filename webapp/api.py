@@ -58,6 +58,11 @@ def chat_view():
         _log(svc, answer_id, user, req, started, answer=answer)
         return answer
 
+    if not req.wait:
+        if req.stream:
+            raise BadRequest("'stream' and 'wait': false do not go together")
+        job_id = chat.submit(svc, req, key, user.id, ttl_s, threshold)
+        return jsonify({"id": job_id, "state": "pending", "url": f"/api/v1/jobs/{job_id}"}), 202
     if req.stream:
         return Response(
             stream_with_context(_events(svc, key, ask, answer_id, threshold, req, started)),
@@ -68,6 +73,25 @@ def chat_view():
     resp = jsonify(_body(answer, answer_id, threshold, req, started))
     resp.headers["X-Cache"] = answer.status
     return resp
+
+
+@bp.get("/jobs/<job_id>")
+def job_view(job_id: str):
+    started = time.perf_counter()
+    user = authorize()
+    try:
+        answer = chat.poll(services(), job_id, user.id)
+    except ApiError as exc:
+        if exc.status == 404:
+            raise
+        error = {"code": exc.code, "message": exc.message}
+        return jsonify({"id": job_id, "state": "error", "error": error})
+    if answer is None:
+        return jsonify({"id": job_id, "state": "pending"})
+    cfg = current_app.config
+    req = ChatRequest(model=answer.entry.model, messages=[], options={})
+    body = _body(answer, job_id, cfg["SEMANTIC_THRESHOLD"], req, started)
+    return jsonify({"id": job_id, "state": "done", "answer": body})
 
 
 def _events(svc, key, ask, answer_id, threshold, req, started) -> Iterator[str]:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import queue
 import random
 import time
@@ -19,7 +20,7 @@ from typing import Any
 from kombu.exceptions import OperationalError
 
 from cache import CacheKey, Entry, Outcome
-from webapp.errors import ApiError, LLMFailed, WaitTimeout
+from webapp.errors import ApiError, LLMFailed, NotFound, WaitTimeout
 from webapp.schemas import ChatRequest
 from webapp.services import Services
 
@@ -65,27 +66,96 @@ def ask(
     timeout_s: float,
     progress: Progress | None = None,
 ) -> Answer:
-    if req.mode == "use":
+    if req.mode in ("use", "no-store"):
         entry = svc.store.get(key.exact)
         if entry is not None:
             return Answer(entry, "exact", key.exact)
     stale = svc.store.get(key.exact) if req.mode == "refresh" else None
-    job = {
+    job = _job(req, key, user_id, ttl_s, threshold)
+    svc.hub.start()
+    with svc.hub.watch(key.exact) as box:
+        return _wait(svc, job, box, stale.id if stale else None, timeout_s, progress or Progress())
+
+
+def _job(
+    req: ChatRequest, key: CacheKey, user_id: int, ttl_s: int, threshold: float
+) -> dict[str, Any]:
+    """The task's arguments: small JSON, everything a worker needs and nothing else."""
+    return {
         "key": key.exact,
         "namespace": key.namespace,
         "prompt": key.prompt,
         "model": req.model,
         "messages": req.messages,
         "options": req.options,
-        "mode": req.mode,
-        "ttl": None if req.mode == "bypass" else ttl_s,
+        # no-store reads the cache like `use`; the answer it causes is never stored.
+        "mode": "use" if req.mode == "no-store" else req.mode,
+        "ttl": None if req.mode in ("bypass", "no-store") else ttl_s,
         "threshold": threshold,
         "scope": req.scope,
         "owner_id": user_id,
     }
-    svc.hub.start()
-    with svc.hub.watch(key.exact) as box:
-        return _wait(svc, job, box, stale.id if stale else None, timeout_s, progress or Progress())
+
+
+# --- asynchronous use: submit now, poll later ----------------------------------------
+
+JOB_TTL_S = 24 * 3600
+
+
+def submit(
+    svc: Services, req: ChatRequest, key: CacheKey, user_id: int, ttl_s: int, threshold: float
+) -> str:
+    """Dispatch (or join) the answer of `req` without waiting; returns a job id."""
+    job = _job(req, key, user_id, ttl_s, threshold)
+    record = {"job": job, "user_id": user_id, "mine": [], "seen": [], "exact": False}
+    if req.mode in ("use", "no-store") and svc.store.get(key.exact) is not None:
+        record["exact"] = True
+    else:
+        _advance(svc, record)
+    job_id = uuid.uuid4().hex
+    _save(svc, job_id, record)
+    return job_id
+
+
+def poll(svc: Services, job_id: str, user_id: int) -> Answer | None:
+    """The job's answer, None while pending; raises its error. Watches the lease like a
+    waiting request: a dead worker's job is dispatched again."""
+    raw = svc.redis.get(f"{svc.store.prefix}job:{job_id}")
+    record = json.loads(raw) if raw else None
+    if record is None or record["user_id"] != user_id:
+        raise NotFound("no such job of yours")
+    key = record["job"]["key"]
+    entry, holder, failure = svc.store.peek(key)
+    if entry is not None and record["job"]["mode"] != "bypass":
+        if record["exact"]:
+            return Answer(entry, "exact", key)
+        if entry.key != key:  # an alias: a similar prompt's answer
+            return Answer(entry, "semantic", key, matched_prompt=entry.prompt)
+        return Answer(entry, "miss" if record["mine"] else "coalesced", key)
+    if (
+        holder is None
+        and failure is not None
+        and failure.attempt in record["seen"] + record["mine"]
+    ):
+        raise LLMFailed(failure.error_message or "the LLM failed", code=failure.error_code)
+    _advance(svc, record, holder)
+    _save(svc, job_id, record)
+    return None
+
+
+def _advance(svc: Services, record: dict[str, Any], holder: str | None = None) -> None:
+    if holder is None:
+        _, holder, _ = svc.store.peek(record["job"]["key"])
+    if holder is not None:
+        record["seen"] = sorted({*record["seen"], holder.partition(":")[2]})
+        return
+    mine: set[str] = set(record["mine"])
+    _take_lease(svc, record["job"], mine)
+    record["mine"] = sorted(mine)
+
+
+def _save(svc: Services, job_id: str, record: dict[str, Any]) -> None:
+    svc.redis.set(f"{svc.store.prefix}job:{job_id}", json.dumps(record), ex=JOB_TTL_S)
 
 
 def _wait(

@@ -8,8 +8,8 @@ from typing import Any
 from webapp.errors import BadRequest, TooLarge
 
 ROLES = ("system", "user", "assistant")
-CACHE_MODES = ("use", "refresh", "bypass")
-_CHAT_FIELDS = {"messages", "prompt", "model", "options", "cache", "stream"}
+CACHE_MODES = ("use", "refresh", "bypass", "no-store")
+_CHAT_FIELDS = {"messages", "prompt", "model", "options", "cache", "stream", "wait"}
 _CACHE_FIELDS = {"mode", "threshold", "scope", "ttl"}
 MAX_TTL_S = 10 * 365 * 24 * 3600
 SCOPES = ("shared", "private")
@@ -25,6 +25,7 @@ class ChatRequest:
     scope: str = "shared"
     ttl: int | None = None
     stream: bool = False
+    wait: bool = True
 
     @classmethod
     def parse(cls, body: Any, default_model: str, max_prompt_chars: int) -> ChatRequest:
@@ -58,6 +59,7 @@ class ChatRequest:
             scope=_scope(cache),
             ttl=_ttl(cache),
             stream=_flag(body, "stream"),
+            wait=_flag(body, "wait", default=True),
         )
 
 
@@ -123,8 +125,8 @@ def _ttl(cache: dict[str, Any]) -> int | None:
     return value
 
 
-def _flag(body: dict[str, Any], name: str) -> bool:
-    value = body.get(name, False)
+def _flag(body: dict[str, Any], name: str, default: bool = False) -> bool:
+    value = body.get(name, default)
     if not isinstance(value, bool):
         raise BadRequest(f"'{name}' must be true or false")
     return value
