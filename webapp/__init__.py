@@ -9,6 +9,8 @@ from flask import Flask
 from webapp import (
     api,
     auth,
+    compat_ollama,
+    compat_openai,
     config,
     db,
     embed,
@@ -36,6 +38,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     auth.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(entries.bp)
+    app.register_blueprint(compat_openai.bp)
+    app.register_blueprint(compat_ollama.bp)
     app.register_blueprint(embed.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(ui.bp)

@@ -53,9 +53,9 @@ def chat_view():
             )
         except ApiError as exc:
             if exc.status >= 500:
-                _log(svc, answer_id, user, req, started, outcome="error", error_code=exc.code)
+                log_answer(svc, answer_id, user, req, started, outcome="error", error_code=exc.code)
             raise
-        _log(svc, answer_id, user, req, started, answer=answer)
+        log_answer(svc, answer_id, user, req, started, answer=answer)
         return answer
 
     if not req.wait:
@@ -135,7 +135,9 @@ def _ms_since(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
 
 
-def _log(svc, answer_id, user, req, started, answer=None, outcome=None, error_code=None) -> None:
+def log_answer(
+    svc, answer_id, user, req, started, answer=None, outcome=None, error_code=None
+) -> None:
     entry = answer.entry if answer else None
     saved = 0
     if answer is not None and answer.status != "miss":

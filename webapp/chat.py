@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import queue
 import random
+import threading
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kombu.exceptions import OperationalError
@@ -41,8 +42,11 @@ class Answer:
 
 @dataclass
 class Progress:
-    """What a streaming reader may learn before the answer: did this request dispatch?"""
+    """What a streaming reader may learn before the answer: has the exact cache been
+    looked up (a finished generation's stream lingers: a cached answer must not be
+    taken for a live one), and did this request dispatch?"""
 
+    looked_up: threading.Event = field(default_factory=threading.Event)
     dispatched: bool = False
 
 
@@ -66,15 +70,17 @@ def ask(
     timeout_s: float,
     progress: Progress | None = None,
 ) -> Answer:
+    progress = progress or Progress()
     if req.mode in ("use", "no-store"):
         entry = svc.store.get(key.exact)
         if entry is not None:
             return Answer(entry, "exact", key.exact)
+    progress.looked_up.set()
     stale = svc.store.get(key.exact) if req.mode == "refresh" else None
     job = _job(req, key, user_id, ttl_s, threshold)
     svc.hub.start()
     with svc.hub.watch(key.exact) as box:
-        return _wait(svc, job, box, stale.id if stale else None, timeout_s, progress or Progress())
+        return _wait(svc, job, box, stale.id if stale else None, timeout_s, progress)
 
 
 def _job(

@@ -56,6 +56,8 @@ def relay(svc: Services, key: CacheKey, ask: Callable[[Progress], Answer]) -> It
                 break
             except queue.Empty:
                 pass
+            if not progress.looked_up.wait(0.05):
+                continue  # not before the exact lookup: a cached answer is no live one
             try:
                 entry = tokens.get(timeout=0.05)
             except queue.Empty:
