@@ -63,3 +63,17 @@ def test_there_is_no_default_secret_key(monkeypatch):
     monkeypatch.delenv("SECRET_KEY", raising=False)
     with pytest.raises(RuntimeError, match="SECRET_KEY"):
         webapp.create_app()
+
+
+def test_every_setting_is_documented():
+    """Each variable the edges read (webapp/config.py, celeryconfig.py) is in .env.sample
+    and the README."""
+    import re
+
+    sources = (ROOT / "webapp" / "config.py").read_text() + (ROOT / "celeryconfig.py").read_text()
+    names = set(re.findall(r'(?:env|environ)\.get\(\s*"([A-Z_]+)"', sources))
+    assert len(names) > 20
+    sample = (ROOT / ".env.sample").read_text()
+    readme = (ROOT / "README.md").read_text()
+    assert sorted(n for n in names if f"{n}=" not in sample) == []
+    assert sorted(n for n in names if f"`{n}`" not in readme) == []
