@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
-from webapp import chat, streaming
+from webapp import chat, metrics, streaming
 from webapp.auth import User, current_user
 from webapp.errors import ApiError, BadRequest, RateLimited
 from webapp.schemas import ChatRequest
@@ -120,6 +120,7 @@ def _body(answer: chat.Answer, answer_id: str, threshold: float, req: ChatReques
             "similarity": answer.similarity,
             "matched_prompt": answer.matched_prompt,
             "threshold": threshold,
+            "checks": answer.checks,
             "scope": req.scope,
             "entry_id": entry.id,
         },
@@ -142,6 +143,8 @@ def log_answer(
     saved = 0
     if answer is not None and answer.status != "miss":
         saved = entry.prompt_tokens + entry.completion_tokens
+    latency_ms = _ms_since(started)
+    metrics.observe_answer(outcome or answer.status, latency_ms / 1000, saved)
     svc.log.record(
         answer_id=answer_id,
         user_id=user.id,
@@ -151,7 +154,7 @@ def log_answer(
         key=answer.key if answer else None,
         prompt=req.messages[-1]["content"],
         similarity=answer.similarity if answer else None,
-        latency_ms=_ms_since(started),
+        latency_ms=latency_ms,
         tokens_saved=saved,
         error_code=error_code,
     )

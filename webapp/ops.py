@@ -10,7 +10,6 @@ GET /api/v1/config   what the browser UI shows: the Flower URL and the LLM backe
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,13 +31,6 @@ READY_TIMEOUT_S = 3.0
 WORKER_ROLES = ("embedder", "llm")  # Procfile: -n embedder@%h, -n llm@%h
 
 
-def setting(name: str, default: str | None = None) -> str | None:
-    """A config value, else the environment variable of the same name (the source
-    config.py reads from), so the endpoint works before config.py lists the key."""
-    value = current_app.config.get(name)
-    return value if value is not None else os.environ.get(name, default)
-
-
 @bp.get("/healthz")
 def healthz():
     return jsonify({"status": "ok"})
@@ -49,8 +41,8 @@ def public_config():
     # No login: the sign-in page shows the backend note too, and nothing here is secret.
     return jsonify(
         {
-            "flower_url": setting("FLOWER_URL") or None,
-            "llm_backend": setting("LLM_BACKEND", "ollama"),
+            "flower_url": current_app.config.get("FLOWER_URL") or None,
+            "llm_backend": current_app.config.get("LLM_BACKEND", "ollama"),
         }
     )
 
@@ -65,24 +57,31 @@ def metrics_view():
 @bp.get("/readyz")
 def readyz():
     cfg = current_app.config
-    backend = setting("LLM_BACKEND", "ollama")
+    backend = cfg.get("LLM_BACKEND", "ollama")
     probes: dict[str, Callable[[], Any]] = {
         "redis": partial(_redis, cfg["REDIS_URL"]),
         "postgres": partial(_postgres, db.pool()),
         "workers": partial(_workers, cfg["CELERY_BROKER_URL"]),
     }
     if backend != "embedded":
-        probes["llm_backend"] = partial(_ollama, setting("OLLAMA_URL", "http://127.0.0.1:11434"))
+        probes["llm_backend"] = partial(_ollama, cfg.get("OLLAMA_URL", "http://127.0.0.1:11434"))
     results = _run(probes, READY_TIMEOUT_S)
 
     ping = results.pop("workers")
     for role in WORKER_ROLES:
         results[f"{role}_worker"] = _role_check(role, ping)
+    # The embedded model runs inside the llm worker: it is up when that worker is.
     if backend == "embedded":
-        # The embedded model runs inside the llm worker: it is up when that worker is.
         results["llm_backend"] = {
             "ok": results["llm_worker"]["ok"],
             "detail": "embedded model in the llm worker",
+        }
+    elif backend == "auto" and not results["llm_backend"]["ok"]:
+        # auto: a worker that found no Ollama at its start runs the embedded model instead.
+        results["llm_backend"] = {
+            "ok": results["llm_worker"]["ok"],
+            "detail": f"Ollama does not answer ({results['llm_backend']['detail']}); "
+            "with LLM_BACKEND=auto the llm worker falls back to the embedded demo model",
         }
     ready = all(check["ok"] for check in results.values())
     body = {"status": "ready" if ready else "not_ready", "checks": results}

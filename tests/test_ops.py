@@ -1,0 +1,307 @@
+"""Operations: /readyz per dependency, /metrics, /api/v1/config, and Flower's HTTP API
+over the running workers. Real processes throughout.
+
+Web processes with a broken setting are extra ones of this module (their own Stack
+object): the session's `stack` and its web process are never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import nonsense_word, post_chat
+from tests.stack import ROOT, Proc, Stack, free_port
+
+
+@pytest.fixture(scope="module")
+def logdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("ops-logs")
+
+
+@contextmanager
+def extra_web(stack_env: dict, logdir: Path, workers: int = 1, **env: str) -> Iterator[str]:
+    """A web process of its own with `env` on top of the stack's; yields its URL."""
+    web = Stack(env=stack_env, logdir=logdir)
+    web.start_web(workers=workers, extra_env=env)
+    try:
+        yield web.url
+    finally:
+        # SIGKILL rather than a graceful stop (4 s each): a web process keeps nothing.
+        for proc in web.procs.values():
+            proc.kill()
+            proc.popen.wait(10)
+
+
+def closed_url(start: str, path: str = "") -> str:
+    return f"{start}127.0.0.1:{free_port()}{path}"  # nothing listens there
+
+
+def wait_for(predicate, timeout: float = 20.0, every: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(every)
+
+
+def scrape(url: str) -> dict[tuple[str, tuple], float]:
+    """/metrics as {(sample name, sorted labels): value}."""
+    resp = requests.get(f"{url}/metrics", timeout=10)
+    assert resp.status_code == 200
+    assert resp.headers["Content-Type"].startswith("text/plain; version=")
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(resp.text)
+        for s in family.samples
+    }
+
+
+def sample(metrics: dict, name: str, **labels: str) -> float | None:
+    return metrics.get((name, tuple(sorted(labels.items()))))
+
+
+# --- /readyz ------------------------------------------------------------------------------
+
+
+def test_readyz_is_ready_when_every_dependency_answers(stack):
+    resp = requests.get(f"{stack.url}/readyz", timeout=10)
+    body = resp.json()
+    assert resp.status_code == 200, body
+    assert body["status"] == "ready"
+    assert set(body["checks"]) == {
+        "redis", "postgres", "embedder_worker", "llm_worker", "llm_backend",
+    }  # fmt: skip
+    assert all(check["ok"] for check in body["checks"].values())
+    assert any(n.startswith("embedder@") for n in body["checks"]["embedder_worker"]["detail"])
+    assert any(n.startswith("llm@") for n in body["checks"]["llm_worker"]["detail"])
+    assert body["checks"]["llm_backend"]["detail"].startswith("version ")
+
+
+# Settings pointed at closed ports -> the checks that must fail, and only those. Two
+# dependencies per web process: each case still shows the others reported up.
+BROKEN = {
+    "redis+llm": (
+        {"REDIS_URL": ("redis://", "/0"), "OLLAMA_URL": ("http://", "")},
+        {"redis", "llm_backend"},
+    ),
+    "postgres+broker": (
+        {
+            "DATABASE_URL": ("postgresql://postgres@", "/flock"),
+            "CELERY_BROKER_URL": ("redis://", "/0"),
+        },
+        {"postgres", "embedder_worker", "llm_worker"},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_readyz_reports_the_dependency_that_is_down(stack, stack_env, logdir, case):
+    settings, down = BROKEN[case]
+    env = {name: closed_url(start, path) for name, (start, path) in settings.items()}
+    with extra_web(stack_env, logdir, **env) as web:
+        started = time.monotonic()
+        resp = requests.get(f"{web}/readyz", timeout=15)
+        took = time.monotonic() - started
+        scraped = requests.get(f"{web}/metrics", timeout=15)
+    body = resp.json()
+    assert resp.status_code == 503, body
+    assert body["status"] == "not_ready"
+    failed = {name for name, check in body["checks"].items() if not check["ok"]}
+    assert failed == down, body
+    assert all(body["checks"][name]["detail"] for name in down)  # says why
+    assert took < 6  # every check has a timeout: a dead dependency does not hang the probe
+    # /metrics still answers; a gauge it cannot read is left out, not made up
+    assert scraped.status_code == 200
+    gauges = {"redis+llm": "flock_inflight_leases", "postgres+broker": "flock_queue_depth"}
+    assert ("# TYPE " + gauges[case]) not in scraped.text
+    assert "flock_requests_total" in scraped.text
+
+
+# --- /api/v1/config -------------------------------------------------------------------------
+
+
+def test_config_tells_the_ui_where_flower_is(stack, stack_env, logdir):
+    flower = "http://flower.example:5555"
+    with extra_web(stack_env, logdir, FLOWER_URL=flower, LLM_BACKEND="embedded") as web:
+        config = requests.get(f"{web}/api/v1/config", timeout=10).json()
+        ready = requests.get(f"{web}/readyz", timeout=10).json()
+    assert config == {"flower_url": flower, "llm_backend": "embedded"}
+    # the embedded model lives in the llm worker: no Ollama to ask
+    assert ready["checks"]["llm_backend"] == {
+        "ok": True,
+        "detail": "embedded model in the llm worker",
+    }
+    assert set(requests.get(f"{stack.url}/api/v1/config", timeout=10).json()) == {
+        "flower_url", "llm_backend",
+    }  # fmt: skip
+
+
+# --- /metrics -------------------------------------------------------------------------------
+
+NAMES = (
+    "flock_requests_total", "flock_request_latency_seconds_count", "flock_llm_calls_total",
+    "flock_tokens_saved_total", "flock_inflight_leases", "flock_queue_depth",
+)  # fmt: skip
+
+
+def test_gauges_show_leases_in_flight_and_queued_tasks(stack, standin):
+    """Twelve different questions while the LLM hangs: the llm worker runs 8 at once, so
+    every question holds a lease and the rest wait in the llm queue; then all drains."""
+    metrics = scrape(stack.url)
+    assert {name for name, _ in metrics} >= set(NAMES)
+
+    standin.configure(hang=True)
+    # Different namespaces (seed): no two questions can be semantic matches of each other.
+    bodies = [
+        {"prompt": f"What is a {nonsense_word()}?", "options": {"seed": i + 1000}}
+        for i in range(12)
+    ]
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        futures = [pool.submit(post_chat, stack.url, b, 30) for b in bodies]
+        try:
+            assert wait_for(lambda: _busy(stack.url), timeout=15), scrape(stack.url)
+        finally:
+            standin.reset()  # the held calls are answered now
+        statuses = [f.result().status_code for f in futures]
+    assert statuses == [200] * len(bodies)
+    # Leases released, queues empty: nothing of this test runs on into the next one.
+    assert wait_for(lambda: _idle(stack.url), timeout=20), scrape(stack.url)
+
+
+def _busy(url: str) -> bool:
+    # 8 running calls hold leases; queued ones may lapse and be re-taken meanwhile.
+    m = scrape(url)
+    return (
+        sample(m, "flock_inflight_leases") >= 8 and sample(m, "flock_queue_depth", queue="llm") >= 1
+    )
+
+
+def _idle(url: str) -> bool:
+    m = scrape(url)
+    return (
+        sample(m, "flock_inflight_leases") == 0
+        and sample(m, "flock_queue_depth", queue="llm") == 0
+        and sample(m, "flock_queue_depth", queue="embed") == 0
+    )
+
+
+def test_observe_answer_counts_by_outcome():
+    from webapp import metrics
+
+    def value(name, **labels):
+        return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = {o: value("flock_requests_total", outcome=o) for o in metrics.OUTCOMES}
+    calls, saved = value("flock_llm_calls_total"), value("flock_tokens_saved_total")
+    metrics.observe_answer("miss", 0.8, 0)
+    metrics.observe_answer("exact", 0.002, 30)
+    metrics.observe_answer("semantic", 0.05, 12)
+    assert value("flock_requests_total", outcome="miss") == before["miss"] + 1
+    assert value("flock_requests_total", outcome="exact") == before["exact"] + 1
+    assert value("flock_llm_calls_total") == calls + 1
+    assert value("flock_tokens_saved_total") == saved + 42
+    assert value("flock_request_latency_seconds_bucket", outcome="exact", le="0.0025") >= 1
+
+
+@pytest.mark.skipif(
+    "observe_answer" not in (ROOT / "webapp" / "api.py").read_text(),
+    reason="webapp/api.py does not call metrics.observe_answer yet",
+)
+def test_metrics_count_answers_across_web_processes(stack, stack_env, logdir, tmp_path):
+    """Two gunicorn workers in multiprocess mode: a scrape of either shows all answers."""
+    multiproc = tmp_path / "prometheus"
+    multiproc.mkdir()
+    with extra_web(stack_env, logdir, workers=2, PROMETHEUS_MULTIPROC_DIR=str(multiproc)) as web:
+        before = scrape(web)
+        body = {"prompt": f"Where does the {nonsense_word()} live?"}
+        first = post_chat(web, body).json()
+        for _ in range(3):
+            assert post_chat(web, body).json()["cache"]["status"] == "exact"
+        after = scrape(web)
+
+    def delta(name, **labels):
+        return (sample(after, name, **labels) or 0) - (sample(before, name, **labels) or 0)
+
+    assert first["cache"]["status"] == "miss"
+    assert delta("flock_requests_total", outcome="miss") == 1
+    assert delta("flock_requests_total", outcome="exact") == 3
+    assert delta("flock_request_latency_seconds_count", outcome="exact") == 3
+    assert delta("flock_llm_calls_total") == 1
+    usage = first["usage"]
+    assert delta("flock_tokens_saved_total") == 3 * (
+        usage["prompt_tokens"] + usage["completion_tokens"]
+    )
+
+
+# --- Flower ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def flower(stack, stack_env, logdir) -> Iterator[str]:
+    port = free_port()
+    log = logdir / "flower.log"
+    with open(log, "wb") as out:
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tasks", "flower", f"--port={port}",
+             "--address=127.0.0.1", "--basic-auth=user:pw"],
+            cwd=ROOT, env={**os.environ, **stack_env}, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    proc = Proc("flower", popen, log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        up = wait_for(lambda: _answers(f"{url}/healthcheck") or not proc.alive(), timeout=30)
+        assert up and proc.alive(), proc.tail()
+        yield url
+    finally:
+        proc.kill()  # it keeps nothing, and takes 10 s to stop gracefully
+        popen.wait(10)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def test_flower_lists_the_workers_and_the_tasks_a_request_caused(stack, flower):
+    assert requests.get(f"{flower}/api/workers", timeout=10).status_code == 401
+
+    def workers():
+        resp = requests.get(
+            f"{flower}/api/workers", params={"refresh": "1"}, auth=("user", "pw"), timeout=10
+        )
+        names = set(resp.json()) if resp.ok else set()
+        roles = {n.partition("@")[0] for n in names}
+        return names if {"embedder", "llm"} <= roles else None
+
+    assert wait_for(workers, timeout=20)
+
+    # A question nobody asked: one answer task (embed queue) and one generate task (llm).
+    prompt = f"Why do {nonsense_word()}s hum at {uuid.uuid4().hex[:6]}?"
+    assert post_chat(stack.url, {"prompt": prompt}).json()["cache"]["status"] == "miss"
+
+    def tasks():
+        resp = requests.get(f"{flower}/api/tasks", auth=("user", "pw"), timeout=10)
+        mine = [t for t in resp.json().values() if prompt in str(t.get("args"))]
+        done = {t["name"]: t for t in mine if t.get("state") == "SUCCESS"}
+        return done if {"flock.answer", "flock.generate"} <= set(done) else None
+
+    done = wait_for(tasks, timeout=20)
+    assert done, requests.get(f"{flower}/api/tasks", auth=("user", "pw"), timeout=10).text
+    assert done["flock.answer"]["worker"].startswith("embedder@")
+    assert done["flock.generate"]["worker"].startswith("llm@")
