@@ -1,9 +1,13 @@
 # Two commands: `make run` and `make test`. Both create .venv when missing and install
-# requirements into it (`make install`: idempotent, a no-op when nothing changed).
-PYTHON ?= python3
+# requirements into it (`make install`: idempotent, a no-op when nothing changed), and both
+# start a private Redis and PostgreSQL under var/ when none answers (scripts/services.py),
+# stopped again when the command ends.
+PYTHON ?= $(shell command -v python3.11 || echo python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Extra pytest arguments, e.g. make test PYTEST_ARGS='-m "not slow"'
+PYTEST_ARGS ?=
 
 .PHONY: install run test lint bench clean
 
@@ -22,11 +26,15 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
+# The suite's servers: FLOCK_TEST_REDIS and FLOCK_TEST_PG (default: the local ones).
 test: lint
-	$(PY) -m pytest
+	scripts/ensure_chromium.sh
+	$(PY) scripts/services.py --tests -- $(PY) -m pytest $(PYTEST_ARGS)
 
+# REDIS_URL and DATABASE_URL (from the shell or .env): private servers when unset or silent.
+# scripts/run.py migrates, creates the first admin user, then runs honcho.
 run: install
-	$(PY) -m honcho start -f Procfile
+	$(PY) scripts/services.py --env-file .env -- $(PY) scripts/run.py
 
 bench: install
 	$(PY) -m bench.burst

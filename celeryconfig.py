@@ -8,7 +8,7 @@ import os
 
 # The broker may live elsewhere (another Redis database, RabbitMQ); the cache lives at REDIS_URL.
 flock_redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-broker_url = os.environ.get("CELERY_BROKER_URL", flock_redis_url)
+broker_url = os.environ.get("CELERY_BROKER_URL") or flock_redis_url
 broker_connection_retry_on_startup = True
 
 # Results travel through Flock's own keys and pub/sub, not Celery's result backend.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -43,3 +44,18 @@ class EmbeddingCache:
             for t, blob in zip(texts, cached, strict=True)
         ]
         return np.vstack(rows).astype(np.float32, copy=False), len(missing)
+
+    def tokens(
+        self, model: str, text: str, compute: Callable[[str], tuple[list[str], np.ndarray]]
+    ) -> tuple[list[str], np.ndarray]:
+        """Token vectors of `text` (for the verifier's alignment), cached like embeddings."""
+        key = self._key(model, text).replace(":emb:", ":tok:", 1)
+        raw = self.client.get(key)
+        if isinstance(raw, bytes):
+            header, _, blob = raw.partition(b"\n")
+            vectors = np.frombuffer(blob, dtype="<f2").astype(np.float32).reshape(-1, 384)
+            return json.loads(header), vectors
+        tokens, vectors = compute(text)
+        blob = np.asarray(vectors, dtype="<f2").tobytes()  # half precision: plenty to align
+        self.client.set(key, json.dumps(tokens).encode() + b"\n" + blob, ex=self.ttl_s)
+        return tokens, np.asarray(vectors, dtype=np.float32)

@@ -46,6 +46,7 @@ class Outcome:
     matched_prompt: str | None = None
     error_code: str | None = None
     error_message: str | None = None
+    checks: list[dict[str, Any]] | None = None  # what decided a semantic hit
 
     def to_json(self) -> str:
         data: dict[str, Any] = asdict(self)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import redis
 
@@ -44,8 +45,17 @@ class RateLimiter:
         """Take one token for `ident`: 0 when allowed, else the seconds until one is back."""
         if self.per_minute <= 0:
             return 0.0
-        allowed, wait_ms = self._take(
+        return self.wait_of(self.queue(ident, self.client))
+
+    def queue(self, ident: str, pipe: Any) -> Any:
+        """Queue the take on a pipeline (to share a round trip); read it with wait_of()."""
+        return self._take(
             keys=[f"{self.prefix}rl:{ident}"],
             args=[self.per_minute, self.per_minute / 60_000],
+            client=pipe,
         )
+
+    @staticmethod
+    def wait_of(reply: Any) -> float:
+        allowed, wait_ms = reply
         return 0.0 if allowed else math.ceil(int(wait_ms) / 1000)

@@ -147,6 +147,12 @@ class CacheRepo:
         )
         return removed
 
+    def namespace_thresholds(self) -> dict[str, float]:
+        """Thresholds namespaces earned by wrong semantic hits (see the feedback endpoint)."""
+        with self.pool.connection() as conn:
+            rows = conn.execute("SELECT namespace, threshold FROM namespace_thresholds").fetchall()
+        return {namespace: float(threshold) for namespace, threshold in rows}
+
     def count_hits(self, hits: dict[str, tuple[int, datetime]]) -> None:
         """Add batched hit counts: entry id -> (hits, last hit)."""
         if not hits:

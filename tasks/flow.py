@@ -19,6 +19,7 @@ import numpy as np
 from cache import Entry, Outcome
 from cache.lease import Follower
 from cache.semantic import Candidate
+from cache.verify import Check, Verdict
 from inference import Completion, LLMError, PermanentLLMError
 from tasks.resources import Resources
 
@@ -124,10 +125,6 @@ def _embed(res: Resources, text: str) -> np.ndarray:
     return vectors[0]
 
 
-def _accepts(job: dict[str, Any], cand: Candidate) -> bool:
-    return cand.similarity >= job["threshold"]
-
-
 def _withdraw(res: Resources, job: dict[str, Any]) -> None:
     if job.get("inflight_id"):
         res.inflight.withdraw(job["namespace"], job["inflight_id"])
@@ -146,14 +143,17 @@ def _nearest_leader(
     ranked = sorted(zip(scores, leaders, strict=True), key=lambda p: -p[0])
     for score, leader in ranked[:3]:
         cand = Candidate(leader.key, leader.prompt, float(score))
-        if _accepts(job, cand):
+        if _verdict(res, job, cand).accept:
             return cand
     return None
 
 
 def _served_semantically(res: Resources, job: dict[str, Any], vector: np.ndarray) -> bool:
     for cand in res.index.search(job["namespace"], vector, k=3):
-        if cand.key == job["key"] or not _accepts(job, cand):
+        if cand.key == job["key"]:
+            continue
+        verdict = _verdict(res, job, cand)
+        if not verdict.accept:
             continue
         entry = _load(res, cand.key)
         if entry is None:
@@ -167,10 +167,24 @@ def _served_semantically(res: Resources, job: dict[str, Any], vector: np.ndarray
             status="semantic",
             similarity=cand.similarity,
             matched_prompt=cand.prompt,
+            checks=verdict.as_dict()["checks"],
         )
         res.store.finish(job["key"], outcome, job["ttl"])
         return True
     return False
+
+
+def _verdict(res: Resources, job: dict[str, Any], cand: Candidate) -> Verdict:
+    """First stage: the request's threshold (raised by the namespace's wrong hits);
+    second: the verifier, on the texts and MiniLM's token vectors."""
+    threshold = max(job["threshold"], res.namespace_threshold(job["namespace"]))
+    if cand.similarity < threshold:
+        check = Check("threshold", False, f">= {threshold:.3f}", score=cand.similarity)
+        return Verdict(False, cand.similarity, 0.0, (check,))
+    model = res.embedder()
+    query = res.embeddings.tokens(model.name, job["prompt"], model.token_embeddings)
+    matched = res.embeddings.tokens(model.name, cand.prompt, model.token_embeddings)
+    return res.verifier.verify(job["prompt"], cand.prompt, cand.similarity, query, matched)
 
 
 @contextmanager

@@ -20,6 +20,7 @@ from psycopg_pool import ConnectionPool
 from cache import EmbeddingCache, ExactStore, InFlightPrompts, Lease, SemanticIndex
 from cache.repo import CacheRepo
 from cache.tokens import TokenWriter
+from cache.verify import Verifier
 from inference import (
     DEFAULT_MODEL_NAME,
     Completion,
@@ -47,6 +48,18 @@ class Resources:
     max_retries: int
     retry_backoff_s: float
     embed_cache_dir: str
+    verifier: Verifier
+
+    def namespace_threshold(self, namespace: str) -> float:
+        """What wrong hits raised this namespace's threshold to (0 when none did). Kept in
+        Redis for every lookup; reloaded from PostgreSQL when Redis lost it."""
+        key = f"{self.store.prefix}nsthreshold"
+        value, loaded = self.redis.hmget(key, [namespace, "_loaded"])
+        if loaded is None:
+            self.redis.hset(key, mapping={"_loaded": "1", **{
+                ns: str(t) for ns, t in self.repo.namespace_thresholds().items()}})  # fmt: skip
+            value = self.redis.hget(key, namespace)
+        return float(value) if value is not None else 0.0
 
     def embedder(self) -> Embedder:
         """The embedding model, loaded on first use: only embedder children ever load it."""
@@ -97,6 +110,7 @@ def _build() -> Resources:
         max_retries=conf.flock_llm_max_retries,
         retry_backoff_s=conf.flock_llm_retry_backoff_s,
         embed_cache_dir=conf.flock_embed_cache_dir,
+        verifier=Verifier(),
     )
 
 

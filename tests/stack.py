@@ -102,6 +102,7 @@ class Stack:
             f"127.0.0.1:{self.web_port}",
             "--graceful-timeout",
             "5",
+            "--no-control-socket",  # gunicorn 27 shares one control socket path by default
             "webapp:create_app()",
         ]
         if worker_class == "gthread":

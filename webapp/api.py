@@ -32,7 +32,7 @@ def authorize() -> User:
 @bp.post("/chat")
 def chat_view():
     started = time.perf_counter()
-    user = authorize()
+    user = current_user()
     body = request.get_json(silent=True)
     if body is None:
         raise BadRequest(
@@ -45,12 +45,20 @@ def chat_view():
     key = chat.request_key(req, user.id)
     answer_id = uuid.uuid4().hex
     svc = services()
+    # The rate limit and the exact lookup share one round trip: a hit costs no more.
+    lookup = key.exact if req.mode in ("use", "no-store") and req.wait else None
+    wait_s, cached = svc.admit(user.rate_key, lookup)
+    if wait_s:
+        raise RateLimited(
+            f"over {cfg['REQUESTS_PER_MINUTE']} requests a minute", retry_after_s=int(wait_s)
+        )
 
     def ask(progress: chat.Progress | None = None) -> chat.Answer:
         try:
             answer = chat.ask(
-                svc, req, key, user.id, ttl_s, threshold, cfg["REQUEST_TIMEOUT_S"], progress
-            )
+                svc, req, key, user.id, ttl_s, threshold, cfg["REQUEST_TIMEOUT_S"], progress,
+                cached=cached if lookup else False,
+            )  # fmt: skip
         except ApiError as exc:
             if exc.status >= 500:
                 log_answer(svc, answer_id, user, req, started, outcome="error", error_code=exc.code)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from dataclasses import asdict, dataclass
 from functools import wraps
 
@@ -24,6 +25,10 @@ from webapp.services import services
 
 bp = Blueprint("auth", __name__, url_prefix="/api/v1")
 _KEY_CACHE_S = 60
+# Each process also remembers a key for a few seconds, so an exact hit costs no lookup
+# round trip; a revoked key therefore stops working within this many seconds everywhere.
+_KEY_MEMORY_S = 10
+_recent_keys: dict[str, tuple[User, float]] = {}
 _UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
 
 
@@ -80,10 +85,17 @@ def _from_api_key() -> User | None:
     if scheme.lower() != "bearer" or not key.strip():
         raise Unauthorized("the Authorization header must be 'Bearer <API key>'")
     digest = key_hash(key.strip())
+    known = _recent_keys.get(digest)
+    if known is not None and known[1] > time.monotonic():
+        return known[0]
     cache_key = f"{services().store.prefix}apikey:{digest}"
     cached = services().redis.get(cache_key)
     if cached is not None:
-        return User(**json.loads(cached)) if cached != b"" else _invalid_key()
+        if cached == b"":
+            return _invalid_key()
+        user = User(**json.loads(cached))
+        _recent_keys[digest] = (user, time.monotonic() + _KEY_MEMORY_S)
+        return user
     with db.pool().connection() as conn:
         row = conn.execute(
             "SELECT u.id, u.name, u.role, k.id FROM api_keys k JOIN users u ON u.id = k.user_id"
@@ -92,6 +104,8 @@ def _from_api_key() -> User | None:
         ).fetchone()
     user = User(*row) if row else None
     services().redis.set(cache_key, json.dumps(asdict(user)) if user else "", ex=_KEY_CACHE_S)
+    if user is not None:
+        _recent_keys[digest] = (user, time.monotonic() + _KEY_MEMORY_S)
     return user or _invalid_key()
 
 

@@ -38,6 +38,7 @@ class Answer:
     key: str
     similarity: float | None = None
     matched_prompt: str | None = None
+    checks: list[dict[str, Any]] | None = None  # what decided a semantic hit
 
 
 @dataclass
@@ -69,11 +70,13 @@ def ask(
     threshold: float,
     timeout_s: float,
     progress: Progress | None = None,
+    cached: Entry | None | bool = False,
 ) -> Answer:
+    """`cached`: the exact lookup's result when the caller already made it (False: not)."""
     progress = progress or Progress()
     if req.mode in ("use", "no-store"):
-        entry = svc.store.get(key.exact)
-        if entry is not None:
+        entry = svc.store.get(key.exact) if cached is False else cached
+        if isinstance(entry, Entry):
             return Answer(entry, "exact", key.exact)
     progress.looked_up.set()
     stale = svc.store.get(key.exact) if req.mode == "refresh" else None
@@ -211,7 +214,9 @@ def _wait(
             status = "miss"  # refresh and bypass always ask the LLM themselves
         elif status == "miss" and outcome.attempt not in mine:
             status = "coalesced"
-        return Answer(outcome.entry, status, key, outcome.similarity, outcome.matched_prompt)
+        return Answer(
+            outcome.entry, status, key, outcome.similarity, outcome.matched_prompt, outcome.checks
+        )
 
 
 def _take_lease(svc: Services, job: dict[str, Any], mine: set[str]) -> None:

@@ -27,7 +27,7 @@ def from_env(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
         "LOCK_LEASE_MS": int(env.get("LOCK_LEASE_MS", "10000")),
         "REQUEST_TIMEOUT_S": float(env.get("REQUEST_TIMEOUT_S", "120")),
         "MAX_PROMPT_CHARS": int(env.get("MAX_PROMPT_CHARS", "32000")),
-        "REDIS_MAX_CONNECTIONS": int(env.get("REDIS_MAX_CONNECTIONS", "50")),
+        "REDIS_MAX_CONNECTIONS": int(env.get("REDIS_MAX_CONNECTIONS", "100")),
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
         "SESSION_COOKIE_SECURE": env.get("SESSION_COOKIE_SECURE", "0") == "1",

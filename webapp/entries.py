@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, current_app, jsonify, request
 from psycopg.rows import dict_row
 
 from webapp import db
@@ -129,12 +129,51 @@ def feedback():
         raise BadRequest("'id' (the answer's id) is required")
     if not isinstance(body.get("good"), bool):
         raise BadRequest("'good' must be true or false")
-    row = _answer(body["id"], current_user())
+    user = current_user()
+    row = _answer(body["id"], user)
+    entry = services().repo.by_id(row["entry_id"])
+    semantic = row["outcome"] == "semantic" and entry is not None
+    with db.pool().connection() as conn:
+        conn.execute(
+            "INSERT INTO feedback (answer_id, user_id, good, outcome, namespace, prompt, matched,"
+            " similarity) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            (body["id"], user.id, body["good"], row["outcome"],
+             entry["namespace"] if entry else None, row["prompt"],
+             entry["prompt"] if semantic else None, row["similarity"]),
+        )  # fmt: skip
     if body["good"]:
         return jsonify({"id": body["id"], "recorded": True, "invalidated": []})
     removed = services().repo.invalidate("id = %s", (row["entry_id"],), "feedback")
     services().forget(removed)
-    return jsonify({"id": body["id"], "recorded": True, "invalidated": [r.id for r in removed]})
+    threshold = None
+    if semantic and row["similarity"] is not None:
+        threshold = _tighten(entry["namespace"], row["similarity"])
+    return jsonify(
+        {
+            "id": body["id"],
+            "recorded": True,
+            "invalidated": [r.id for r in removed],
+            "namespace_threshold": threshold,
+        }
+    )
+
+
+def _tighten(namespace: str, similarity: float) -> float:
+    """A wrong semantic hit at `similarity`: from now on this namespace requires more.
+    Stored in PostgreSQL (the record) and Redis (where the embedders read it)."""
+    base = current_app.config["SEMANTIC_THRESHOLD"]
+    wanted = min(0.995, max(base, similarity + 0.01))
+    with db.pool().connection() as conn:
+        (threshold,) = conn.execute(
+            "INSERT INTO namespace_thresholds (namespace, threshold, wrong_hits)"
+            " VALUES (%s, %s, 1) ON CONFLICT (namespace) DO UPDATE SET"
+            " threshold = greatest(namespace_thresholds.threshold, excluded.threshold),"
+            " wrong_hits = namespace_thresholds.wrong_hits + 1, updated_at = now()"
+            " RETURNING threshold",
+            (namespace, wanted),
+        ).fetchone()
+    services().redis.hset(f"{services().store.prefix}nsthreshold", namespace, str(threshold))
+    return float(threshold)
 
 
 def _answer(answer_id: str, user: User) -> dict[str, Any]:
@@ -147,7 +186,8 @@ def _answer(answer_id: str, user: User) -> dict[str, Any]:
             row = (
                 conn.cursor(row_factory=dict_row)
                 .execute(
-                    "SELECT entry_id, user_id, outcome FROM request_log WHERE answer_id = %s",
+                    "SELECT entry_id, user_id, outcome, prompt, similarity FROM request_log"
+                    " WHERE answer_id = %s",
                     (answer_id,),
                 )
                 .fetchone()
@@ -177,12 +217,22 @@ def stats():
             )
             .fetchall()
         )
+        namespaces = (
+            conn.cursor(row_factory=dict_row)
+            .execute(
+                "SELECT left(namespace, 16) AS namespace, threshold, wrong_hits, updated_at"
+                " FROM namespace_thresholds ORDER BY updated_at DESC LIMIT 50"
+            )
+            .fetchall()
+        )
     by = {r["outcome"]: r for r in rows}
     answered = sum(r["n"] for o, r in by.items() if o != "error")
     hits = sum(by[o]["n"] for o in ("exact", "semantic", "coalesced") if o in by)
     return jsonify(
         {
             "window_s": window,
+            "semantic_threshold": current_app.config["SEMANTIC_THRESHOLD"],
+            "namespace_thresholds": namespaces,
             "requests": sum(r["n"] for r in rows),
             "counts": {o: by[o]["n"] if o in by else 0 for o in _OUTCOMES},
             "hit_rate": hits / answered if answered else None,

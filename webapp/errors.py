@@ -9,6 +9,7 @@ ApiError            base, 500 internal_error
 ├── TooLarge        413 prompt or body over the limit
 ├── RateLimited     429 over REQUESTS_PER_MINUTE (with Retry-After)
 ├── LLMFailed       502 the LLM failed for good (carries its message)
+│   (Redis or PostgreSQL unreachable: 503, from their own exceptions)
 └── WaitTimeout     504 no answer within REQUEST_TIMEOUT_S
 """
 
@@ -16,7 +17,10 @@ from __future__ import annotations
 
 import logging
 
+import psycopg
+import redis
 from flask import Flask, jsonify
+from psycopg_pool import PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -98,6 +102,17 @@ def init_app(app: Flask) -> None:
     def _http_error(exc: HTTPException):
         code = (exc.name or "error").lower().replace(" ", "_")
         return error_response(exc.code or 500, code, exc.description or exc.name)
+
+    @app.errorhandler(redis.RedisError)
+    def _redis_down(exc: redis.RedisError):
+        log.error("Redis: %s", exc)
+        return error_response(503, "redis_unavailable", "the cache is unreachable; try again")
+
+    @app.errorhandler(psycopg.OperationalError)
+    @app.errorhandler(PoolTimeout)
+    def _database_down(exc: Exception):
+        log.error("PostgreSQL: %s", exc)
+        return error_response(503, "database_unavailable", "the database is unreachable")
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

@@ -57,12 +57,11 @@ class RequestLog:
                 hits[row["entry_id"]] += 1
                 last[row["entry_id"]] = max(last.get(row["entry_id"], row["at"]), row["at"])
         try:
+            # COPY: one stream for the whole batch, far cheaper than row-by-row INSERTs.
             with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-                cur.executemany(
-                    f"INSERT INTO request_log ({', '.join(_COLUMNS)})"
-                    f" VALUES ({', '.join(['%s'] * len(_COLUMNS))}) ON CONFLICT DO NOTHING",
-                    [tuple(row.get(c) for c in _COLUMNS) for row in rows],
-                )
+                with cur.copy(f"COPY request_log ({', '.join(_COLUMNS)}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(tuple(row.get(c) for c in _COLUMNS))
             self.repo.count_hits({e: (n, last[e]) for e, n in hits.items()})
         except Exception:
             with self._lock:  # keep them for the next flush, within reason

@@ -12,7 +12,7 @@ from typing import Any
 import redis
 from flask import Flask, current_app
 
-from cache import ExactStore, Lease, SemanticIndex, WakeupHub
+from cache import Entry, ExactStore, Lease, SemanticIndex, WakeupHub
 from cache.ratelimit import RateLimiter
 from cache.repo import CacheRepo, Removed
 from cache.store import forget_everywhere
@@ -33,6 +33,20 @@ class Services:
     limiter: RateLimiter
     log: RequestLog
     tokens: TokenHub
+
+    def admit(self, rate_key: str, exact_key: str | None) -> tuple[float, Entry | None]:
+        """One round trip for an exact hit: take a rate-limit token and read the cached
+        answer together. Returns (seconds to wait, or 0; the entry, if any)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            limited = self.limiter.per_minute > 0
+            if limited:
+                self.limiter.queue(rate_key, pipe)
+            if exact_key is not None:
+                pipe.get(self.store.resp_key(exact_key))
+            replies = pipe.execute() if len(pipe) else []
+        wait_s = self.limiter.wait_of(replies[0]) if limited else 0.0
+        raw = replies[-1] if exact_key is not None else None
+        return wait_s, (Entry.from_json(raw) if raw else None)
 
     def forget(self, removed: list[Removed]) -> None:
         forget_everywhere(removed, self.store, self.index)
