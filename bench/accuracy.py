@@ -141,9 +141,7 @@ def retrieval_counts(
     }
 
 
-def operating_point(
-    sets: dict[str, list[Judged]], stage: str, target: float
-) -> float | None:
+def operating_point(sets: dict[str, list[Judged]], stage: str, target: float) -> float | None:
     pooled = [j for name, js in sets.items() if any(not j.same for j in js) for j in js]
     for t in THRESHOLDS:
         p = counts(pooled, stage, t)["precision"]

@@ -213,29 +213,74 @@ _DIRECTION_SWAPS = {
 # Sibling nouns: same kind of thing, different thing. Mostly the vocabulary of the
 # shared set (library docs) plus general words; none is taken from bench/data/traps.
 _SIBLINGS = [
-    "audio image text video", "train test validation", "training evaluation inference",
-    "row column", "csv json parquet xml", "dataset model tokenizer metric",
-    "local remote", "file folder", "encoder decoder", "key value",
-    "string integer float boolean", "list dictionary tuple set", "cpu gpu tpu",
-    "batch example", "label feature", "shard chunk", "memory disk",
-    "linux windows macos", "class function method module", "server client",
-    "repository branch commit", "token word character sentence paragraph",
-    "speech vision", "classification regression segmentation detection translation",
-    "filter map sort shuffle", "height width depth", "user admin", "hub space",
-    "english french german spanish chinese", "table schema", "archive directory",
-    "script notebook", "card page", "index cache", "config parameter",
-    "beginner expert", "email password username", "laptop phone tablet",
-    "car bicycle motorcycle", "coffee tea juice", "breakfast lunch dinner",
-    "doctor nurse dentist", "apple orange pear", "summer winter autumn",
-    "city village", "teacher student", "kitchen bathroom garage", "river lake ocean",
-    "salt sugar flour", "mouse keyboard monitor", "bank school hospital",
+    "audio image text video",
+    "train test validation",
+    "training evaluation inference",
+    "row column",
+    "csv json parquet xml",
+    "dataset model tokenizer metric",
+    "local remote",
+    "file folder",
+    "encoder decoder",
+    "key value",
+    "string integer float boolean",
+    "list dictionary tuple set",
+    "cpu gpu tpu",
+    "batch example",
+    "label feature",
+    "shard chunk",
+    "memory disk",
+    "linux windows macos",
+    "class function method module",
+    "server client",
+    "repository branch commit",
+    "token word character sentence paragraph",
+    "speech vision",
+    "classification regression segmentation detection translation",
+    "filter map sort shuffle",
+    "height width depth",
+    "user admin",
+    "hub space",
+    "english french german spanish chinese",
+    "table schema",
+    "archive directory",
+    "script notebook",
+    "card page",
+    "index cache",
+    "config parameter",
+    "beginner expert",
+    "email password username",
+    "laptop phone tablet",
+    "car bicycle motorcycle",
+    "coffee tea juice",
+    "breakfast lunch dinner",
+    "doctor nurse dentist",
+    "apple orange pear",
+    "summer winter autumn",
+    "city village",
+    "teacher student",
+    "kitchen bathroom garage",
+    "river lake ocean",
+    "salt sugar flour",
+    "mouse keyboard monitor",
+    "bank school hospital",
 ]
 _SIBLING_OF = {w: [x for x in g.split() if x != w] for g in _SIBLINGS for w in g.split()}
 _QUALIFIERS = [
-    "for large datasets", "in streaming mode", "on Windows", "for private repositories",
-    "when using multiple GPUs", "for audio data only", "in the free tier",
-    "for image datasets", "without an internet connection", "in version 1.0",
-    "for beginners", "in production", "for non-English text", "on a shared cluster",
+    "for large datasets",
+    "in streaming mode",
+    "on Windows",
+    "for private repositories",
+    "when using multiple GPUs",
+    "for audio data only",
+    "in the free tier",
+    "for image datasets",
+    "without an internet connection",
+    "in version 1.0",
+    "for beginners",
+    "in production",
+    "for non-English text",
+    "on a shared cluster",
 ]
 _AUX = re.compile(
     r"\b(is|are|was|were|can|could|should|will|would|must|may|might|has|have|does|do|did)\b"
@@ -275,6 +320,7 @@ def change_number(text: str, rng: random.Random) -> str | None:
     options: list[Callable[[], str | None]] = []
     digits = list(re.finditer(r"(?<![\w.])\d+(?:\.\d+)*(?![\w.]*\d)", text))
     if digits:
+
         def digit() -> str:
             m = rng.choice(digits)
             raw = m.group(0)
@@ -284,17 +330,24 @@ def change_number(text: str, rng: random.Random) -> str | None:
                 new = ".".join(parts)
             else:
                 v = int(raw)
-                new = str(v + rng.choice([1, 2, 10]) if 1900 <= v <= 2100 else
-                          rng.choice([v + 1, v * 2, v + 10, max(v - 1, 0) or v + 3]))
+                new = str(
+                    v + rng.choice([1, 2, 10])
+                    if 1900 <= v <= 2100
+                    else rng.choice([v + 1, v * 2, v + 10, max(v - 1, 0) or v + 3])
+                )
             return text[: m.start()] + new + text[m.end() :]
 
         options.append(digit)
     lows = set(re.findall(r"[a-z]+", text.lower()))
-    for pool in (_NUM_WORDS + ["one"], _ORDINALS, [m.lower() for m in _MONTHS], [
-        d.lower() for d in _DAYS
-    ]):
+    for pool in (
+        _NUM_WORDS + ["one"],
+        _ORDINALS,
+        [m.lower() for m in _MONTHS],
+        [d.lower() for d in _DAYS],
+    ):
         hits = [w for w in pool if w in lows]
         if hits:
+
             def word(hits: list[str] = hits, pool: list[str] = pool) -> str:
                 old = rng.choice(hits)
                 new = rng.choice([w for w in pool if w != old and w != "one"])
@@ -526,9 +579,7 @@ def build(
                     if taken >= (NEIGHBOURS if kind == "neighbour" else 1):
                         break
     store.ensure(t for r in rows for t in (r.a, r.b))
-    return [
-        Pair(r.a, r.b, r.same, r.kind, r.group, r.split, cos(r.a, r.b)) for r in rows
-    ]
+    return [Pair(r.a, r.b, r.same, r.kind, r.group, r.split, cos(r.a, r.b)) for r in rows]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -92,8 +92,15 @@ class Featurised:
             checks = run_guards(r["a"], r["b"])
             self.vetoed[i] = any(c.level == 2 and c.name in hard_guards for c in checks)
             feats.append(
-                features(r["a"], r["b"], self.cos[i], store.tokens[r["a"]],
-                         store.tokens[r["b"]], align_bound, checks)  # fmt: skip
+                features(
+                    r["a"],
+                    r["b"],
+                    self.cos[i],
+                    store.tokens[r["a"]],
+                    store.tokens[r["b"]],
+                    align_bound,
+                    checks,
+                )
             )
         self.feats = feats
 

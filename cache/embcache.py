@@ -49,13 +49,20 @@ class EmbeddingCache:
         self, model: str, text: str, compute: Callable[[str], tuple[list[str], np.ndarray]]
     ) -> tuple[list[str], np.ndarray]:
         """Token vectors of `text` (for the verifier's alignment), cached like embeddings."""
-        key = self._key(model, text).replace(":emb:", ":tok:", 1)
-        raw = self.client.get(key)
+        raw = self.client.get(self._tok_key(model, text))
         if isinstance(raw, bytes):
             header, _, blob = raw.partition(b"\n")
             vectors = np.frombuffer(blob, dtype="<f2").astype(np.float32).reshape(-1, 384)
             return json.loads(header), vectors
         tokens, vectors = compute(text)
-        blob = np.asarray(vectors, dtype="<f2").tobytes()  # half precision: plenty to align
-        self.client.set(key, json.dumps(tokens).encode() + b"\n" + blob, ex=self.ttl_s)
+        self.put_tokens(model, text, tokens, vectors)
         return tokens, np.asarray(vectors, dtype=np.float32)
+
+    def put_tokens(self, model: str, text: str, tokens: list[str], vectors: np.ndarray) -> None:
+        blob = np.asarray(vectors, dtype="<f2").tobytes()  # half precision: plenty to align
+        self.client.set(
+            self._tok_key(model, text), json.dumps(tokens).encode() + b"\n" + blob, ex=self.ttl_s
+        )
+
+    def _tok_key(self, model: str, text: str) -> str:
+        return self._key(model, text).replace(":emb:", ":tok:", 1)

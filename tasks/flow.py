@@ -121,7 +121,14 @@ def embed(res: Resources, job: dict[str, Any]) -> None:
 
 def _embed(res: Resources, text: str) -> np.ndarray:
     model = res.embedder()
-    vectors, _ = res.embeddings.embed(model.name, [text], model.embed)
+
+    def compute(texts: list[str]) -> np.ndarray:
+        # One forward pass gives the token vectors the verifier needs too: keep them.
+        vector, tokens, token_vectors = model.embed_with_tokens(texts[0])
+        res.embeddings.put_tokens(model.name, texts[0], tokens, token_vectors)
+        return vector[None, :]
+
+    vectors, _ = res.embeddings.embed(model.name, [text], compute)
     return vectors[0]
 
 

@@ -141,11 +141,14 @@ def test_feedback_invalidates_the_entry_everywhere(stack, standin, database, ns)
     para = post_chat(stack.url, {"prompt": "How many legs do spiders have?", **ns}).json()
     assert para["cache"]["status"] == "semantic"
 
+    # Feedback on the first answer (a miss: the namespace's threshold stays; a wrong
+    # semantic hit would raise it, see tests/test_accuracy.py).
     resp = requests.post(
-        f"{stack.url}/api/v1/feedback", json={"id": para["id"], "good": False}, headers=auth()
+        f"{stack.url}/api/v1/feedback", json={"id": first["id"], "good": False}, headers=auth()
     )
     assert resp.status_code == 200
     assert resp.json()["invalidated"] == [first["cache"]["entry_id"]]
+    assert resp.json()["namespace_threshold"] is None
     reason = rows(database, "SELECT invalidated_reason FROM cache_entries WHERE id = %s",
                   first["cache"]["entry_id"])  # fmt: skip
     assert reason == [("feedback",)]

@@ -22,7 +22,7 @@ def from_env(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
         "LLM_BACKEND": env.get("LLM_BACKEND", "ollama"),
         "FLOWER_URL": env.get("FLOWER_URL", "http://127.0.0.1:5555"),
         "OLLAMA_MODEL": env.get("OLLAMA_MODEL", "llama3.2:1b"),
-        "SEMANTIC_THRESHOLD": _threshold(env.get("SEMANTIC_THRESHOLD", "0.9")),
+        "SEMANTIC_THRESHOLD": _threshold(env.get("SEMANTIC_THRESHOLD", "0.8")),
         "CACHE_TTL": int(env.get("CACHE_TTL", str(7 * 24 * 3600))),
         "LOCK_LEASE_MS": int(env.get("LOCK_LEASE_MS", "10000")),
         "REQUEST_TIMEOUT_S": float(env.get("REQUEST_TIMEOUT_S", "120")),
