@@ -3,6 +3,7 @@ Ollama stand-in over HTTP."""
 
 from __future__ import annotations
 
+import signal
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -157,3 +158,25 @@ def test_sigkill_of_the_llm_worker_blocks_nobody(stack, standin, prompt):
     # latency (twice: the killed call and the new one) + worker start, not the broker's hour.
     assert elapsed < LEASE_MS / 1000 + 2 * latency + 15
     assert standin.calls()["chat"] == 2
+
+
+@pytest.mark.slow
+def test_sigterm_lets_an_llm_worker_finish_its_generation(stack, standin, prompt):
+    """A platform stopping the llm worker (SIGTERM, e.g. a deploy) mid-generation: Celery's
+    warm shutdown finishes the running task, so every waiter gets the answer."""
+    standin.configure(latency_s=3.0)
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        futures = [pool.submit(post_chat, stack.url, {"prompt": prompt}) for _ in range(10)]
+        deadline = time.monotonic() + 10
+        while standin.calls()["in_flight"] == 0:
+            assert time.monotonic() < deadline, "the LLM call never started"
+            time.sleep(0.05)
+        worker = stack.procs["llm"]
+        worker.kill(signal.SIGTERM)
+        responses = [f.result() for f in futures]
+    worker.popen.wait(30)  # within the platform's 30 s
+    stack.start_worker("llm", "llm", concurrency=8, pool="threads")
+
+    assert [r.status_code for r in responses] == [200] * 10
+    assert len({r.json()["message"]["content"] for r in responses}) == 1
+    assert standin.calls()["chat"] == 1  # finished, not abandoned and redone

@@ -247,6 +247,7 @@ def revoke_key(key_id: int):
     if row is None:
         raise NotFound("no such active key")
     services().redis.delete(f"{services().store.prefix}apikey:{row[0]}")
+    _recent_keys.pop(row[0], None)  # other processes forget it within _KEY_MEMORY_S
     return jsonify({"id": key_id, "revoked": True})
 
 
