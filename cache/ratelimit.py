@@ -7,10 +7,11 @@ from typing import Any
 
 import redis
 
-# KEYS[1] bucket; ARGV[1] capacity (tokens); ARGV[2] refill per ms. Time is Redis's own,
-# so web hosts with skewed clocks share one bucket correctly.
-# Returns {allowed 0/1, ms until one token is back}. The bucket is a hash of its
-# token count and the time it was last refilled; it expires once full again.
+# KEYS[1] bucket; KEYS[2] (optional) a key to read in the same call; ARGV[1] capacity
+# (tokens); ARGV[2] refill per ms. Time is Redis's own, so web hosts with skewed clocks
+# share one bucket correctly. Returns {allowed 0/1, ms until one token is back, KEYS[2]'s
+# value}: an exact hit's rate limit and lookup are one command. The bucket is a hash of
+# its token count and the time it was last refilled; it expires once full again.
 _TAKE = """
 local capacity = tonumber(ARGV[1])
 local rate = tonumber(ARGV[2])
@@ -27,10 +28,14 @@ if tokens >= 1 then
 end
 redis.call('HSET', KEYS[1], 'tokens', tokens, 'at', now)
 redis.call('PEXPIRE', KEYS[1], math.ceil(capacity / rate))
-if allowed == 1 then
-  return {1, 0}
+local value = false
+if KEYS[2] then
+  value = redis.call('GET', KEYS[2])
 end
-return {0, math.ceil((1 - tokens) / rate)}
+if allowed == 1 then
+  return {1, 0, value}
+end
+return {0, math.ceil((1 - tokens) / rate), value}
 """
 
 
@@ -39,22 +44,21 @@ class RateLimiter:
         self.client = client
         self.prefix = prefix
         self.per_minute = per_minute
+        self._take = client.register_script(_TAKE)
 
     def take(self, ident: str) -> float:
         """Take one token for `ident`: 0 when allowed, else the seconds until one is back."""
         if self.per_minute <= 0:
             return 0.0
-        return self.wait_of(self.queue(ident, self.client))
+        return self.take_and_get(ident, None)[0]
 
-    def queue(self, ident: str, pipe: Any) -> Any:
-        """Queue the take on a pipeline (to share a round trip); read it with wait_of().
-
-        EVAL, not EVALSHA: redis-py checks a pipeline's scripts with SCRIPT EXISTS, one more
-        round trip per request; Redis caches the compiled script by its digest anyway."""
-        key = f"{self.prefix}rl:{ident}"
-        return pipe.eval(_TAKE, 1, key, self.per_minute, self.per_minute / 60_000)
-
-    @staticmethod
-    def wait_of(reply: Any) -> float:
-        allowed, wait_ms = reply
-        return 0.0 if allowed else math.ceil(int(wait_ms) / 1000)
+    def take_and_get(self, ident: str, key: str | None) -> tuple[float, Any]:
+        """Take one token and read `key` (if given) in the same command: (seconds to wait
+        or 0, the key's value). Without a limit, just the read."""
+        if self.per_minute <= 0:
+            return 0.0, self.client.get(key) if key is not None else None
+        keys = [f"{self.prefix}rl:{ident}"] + ([key] if key is not None else [])
+        reply: Any = self._take(keys=keys, args=[self.per_minute, self.per_minute / 60_000])
+        allowed, wait_ms = reply[0], reply[1]
+        value = reply[2] if len(reply) > 2 else None
+        return (0.0 if allowed else math.ceil(int(wait_ms) / 1000)), value

@@ -35,17 +35,10 @@ class Services:
     tokens: TokenHub
 
     def admit(self, rate_key: str, exact_key: str | None) -> tuple[float, Entry | None]:
-        """One round trip for an exact hit: take a rate-limit token and read the cached
+        """One Redis command for an exact hit: take a rate-limit token and read the cached
         answer together. Returns (seconds to wait, or 0; the entry, if any)."""
-        with self.redis.pipeline(transaction=False) as pipe:
-            limited = self.limiter.per_minute > 0
-            if limited:
-                self.limiter.queue(rate_key, pipe)
-            if exact_key is not None:
-                pipe.get(self.store.resp_key(exact_key))
-            replies = pipe.execute() if len(pipe) else []
-        wait_s = self.limiter.wait_of(replies[0]) if limited else 0.0
-        raw = replies[-1] if exact_key is not None else None
+        key = self.store.resp_key(exact_key) if exact_key is not None else None
+        wait_s, raw = self.limiter.take_and_get(rate_key, key)
         return wait_s, (Entry.from_json(raw) if raw else None)
 
     def forget(self, removed: list[Removed]) -> None:
