@@ -124,8 +124,11 @@ class Lease:
         """Compare-and-delete; returns the popped followers as `Follower`s (or, with a
         pipeline as `client`, queues the call: decode its result with `followers()`)."""
         keys = [self.key(exact_key), self._followers(exact_key)]
-        result = self._release(keys=keys, args=[attempt], client=client or self.client)
-        return result if client is not None else followers(result)
+        if client is not None:
+            # EVAL in a pipeline: with a registered script redis-py would first send
+            # SCRIPT EXISTS, one more round trip; Redis caches the compiled script anyway.
+            return client.eval(_RELEASE, 2, *keys, attempt)
+        return followers(self._release(keys=keys, args=[attempt]))
 
     def follow(self, leader_key: str, me: Follower) -> bool:
         """Join the attempt generating `leader_key`; False if it has already finished."""

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from cache import Entry, Outcome
+from cache.inflight import InFlight
 from cache.lease import Follower
 from cache.semantic import Candidate
 from cache.verify import Check, Verdict
@@ -39,11 +40,14 @@ def answer(res: Resources, job: dict[str, Any]) -> dict[str, Any] | None:
     # that finished meanwhile is either still announced or already in the index, since it
     # adds to the index before it withdraws its announcement.
     announced = res.inflight.announce(ns, job["key"], job["prompt"], vector)
+    threshold = max(job["threshold"], res.namespace_threshold(ns))
     for _ in range(3):
-        leader = _nearest_leader(res, job, vector, before=announced)
-        if job["mode"] == "use" and _served_semantically(res, job, vector):
+        # List before searching (see above); judge the leaders only if the index has nothing.
+        leaders = res.inflight.listed(ns, before=announced) if job["mode"] == "use" else []
+        if job["mode"] == "use" and _served_semantically(res, job, vector, threshold):
             res.inflight.withdraw(ns, announced)
             return None
+        leader = _nearest_leader(res, job, vector, leaders, threshold)
         if leader is None:
             break
         me = Follower(job["key"], job["attempt"], leader.similarity)
@@ -138,28 +142,32 @@ def _withdraw(res: Resources, job: dict[str, Any]) -> None:
 
 
 def _nearest_leader(
-    res: Resources, job: dict[str, Any], vector: np.ndarray, before: str
+    res: Resources,
+    job: dict[str, Any],
+    vector: np.ndarray,
+    announced: list[InFlight],
+    threshold: float,
 ) -> Candidate | None:
     """The most similar prompt announced before ours that passes the same test as a hit."""
-    if job["mode"] != "use":
-        return None
-    leaders = [f for f in res.inflight.listed(job["namespace"], before) if f.key != job["key"]]
+    leaders = [f for f in announced if f.key != job["key"]]
     if not leaders:
         return None
     scores = np.vstack([f.vector for f in leaders]) @ vector
     ranked = sorted(zip(scores, leaders, strict=True), key=lambda p: -p[0])
     for score, leader in ranked[:3]:
         cand = Candidate(leader.key, leader.prompt, float(score))
-        if _verdict(res, job, cand).accept:
+        if _verdict(res, job, cand, threshold).accept:
             return cand
     return None
 
 
-def _served_semantically(res: Resources, job: dict[str, Any], vector: np.ndarray) -> bool:
+def _served_semantically(
+    res: Resources, job: dict[str, Any], vector: np.ndarray, threshold: float
+) -> bool:
     for cand in res.index.search(job["namespace"], vector, k=3):
         if cand.key == job["key"]:
             continue
-        verdict = _verdict(res, job, cand)
+        verdict = _verdict(res, job, cand, threshold)
         if not verdict.accept:
             continue
         entry = _load(res, cand.key)
@@ -181,10 +189,9 @@ def _served_semantically(res: Resources, job: dict[str, Any], vector: np.ndarray
     return False
 
 
-def _verdict(res: Resources, job: dict[str, Any], cand: Candidate) -> Verdict:
-    """First stage: the request's threshold (raised by the namespace's wrong hits);
+def _verdict(res: Resources, job: dict[str, Any], cand: Candidate, threshold: float) -> Verdict:
+    """First stage: `threshold` (the request's, raised by its namespace's wrong hits);
     second: the verifier, on the texts and MiniLM's token vectors."""
-    threshold = max(job["threshold"], res.namespace_threshold(job["namespace"]))
     if cand.similarity < threshold:
         check = Check("threshold", False, f">= {threshold:.3f}", score=cand.similarity)
         return Verdict(False, cand.similarity, 0.0, (check,))
