@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -163,7 +163,3 @@ class CacheRepo:
                 " last_hit_at = greatest(coalesce(last_hit_at, %s), %s) WHERE id = %s",
                 [(n, at, at, entry_id) for entry_id, (n, at) in hits.items()],
             )
-
-
-def now() -> datetime:
-    return datetime.now(UTC)

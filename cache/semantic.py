@@ -155,7 +155,7 @@ class SemanticIndex:
             if not reply:
                 return
             entries = reply[0][1]
-            if self._trimmed_past(entries[0][0]):
+            if self._trimmed_past():
                 self.rebuild()
                 return
             for entry_id, fields in entries:
@@ -179,10 +179,9 @@ class SemanticIndex:
         self._last_id = start
         self.sync()
 
-    def _trimmed_past(self, first_new_id: bytes) -> bool:
-        # XREAD returns entries after our position; if the log has been trimmed past it,
-        # the first entry left is newer than anything we could have seen next. We cannot
-        # tell directly, so compare with the stream's first entry when our position is old.
+    def _trimmed_past(self) -> bool:
+        # XREAD returns entries after our position, whether or not the log was trimmed
+        # past it: compare our position with the oldest entry the log still has.
         first: Any = self.client.xrange(self.log_key, count=1)
         if not first or self._last_id in (None, "0-0"):
             return False

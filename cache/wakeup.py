@@ -58,10 +58,6 @@ class WakeupHub:
                     if not boxes:
                         del self._waiters[exact_key]
 
-    def waiting(self) -> int:
-        with self._lock:
-            return sum(len(b) for b in self._waiters.values())
-
     def _run(self) -> None:
         backoff = 0.1
         while True:

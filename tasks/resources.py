@@ -44,7 +44,6 @@ class Resources:
     embeddings: EmbeddingCache
     tokens: TokenWriter
     llm: LLM
-    llm_backend: str
     max_retries: int
     retry_backoff_s: float
     embed_cache_dir: str
@@ -106,7 +105,6 @@ def _build() -> Resources:
         embeddings=EmbeddingCache(client, prefix),
         tokens=TokenWriter(client, prefix),
         llm=llm,
-        llm_backend=backend,
         max_retries=conf.flock_llm_max_retries,
         retry_backoff_s=conf.flock_llm_retry_backoff_s,
         embed_cache_dir=conf.flock_embed_cache_dir,

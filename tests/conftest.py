@@ -130,6 +130,25 @@ def nonsense_word(syllables: int = 4) -> str:
     return "".join(rng.choice("bdfgklmnprstvz") + rng.choice("aeiou") for _ in range(syllables))
 
 
+def fresh_namespace() -> dict:
+    """Body fields putting a request in a namespace of its own (a random `seed` option),
+    so one test's questions are never semantic hits for another's."""
+    return {"options": {"seed": uuid.uuid4().int % 2**31}}
+
+
+@pytest.fixture
+def ns() -> dict:
+    return fresh_namespace()
+
+
+def conversation(prompt: str, system: str | None = None, history: list[str] = ()) -> list:
+    """Messages: an optional system prompt, earlier (user, assistant) turns, the prompt."""
+    messages = [{"role": "system", "content": system}] if system else []
+    for user, assistant in zip(history[::2], history[1::2], strict=True):
+        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    return [*messages, {"role": "user", "content": prompt}]
+
+
 @pytest.fixture
 def prompt() -> str:
     """A question nobody has asked yet in this run, and far from every other one (two

@@ -3,15 +3,13 @@ threshold of its namespace, for every later lookup."""
 
 from __future__ import annotations
 
-import uuid
-
 import requests
 
-from tests.conftest import auth, post_chat
+from tests.conftest import auth, fresh_namespace, post_chat
 
 
 def test_a_wrong_semantic_hit_tightens_its_namespace(stack, standin):
-    ns = {"options": {"seed": uuid.uuid4().int % 2**31}}
+    ns = fresh_namespace()
     first = "How long should I boil an egg?"
     reworded = "How many minutes should I boil an egg?"
     assert post_chat(stack.url, {"prompt": first, **ns}).json()["cache"]["status"] == "miss"
@@ -30,7 +28,7 @@ def test_a_wrong_semantic_hit_tightens_its_namespace(stack, standin):
     assert again["cache"]["status"] == "miss"  # as similar as before: no longer enough here
     assert standin.calls()["chat"] == 3
 
-    other = {"options": {"seed": uuid.uuid4().int % 2**31}}  # another namespace: untouched
+    other = fresh_namespace()  # another namespace: untouched
     post_chat(stack.url, {"prompt": first, **other})
     assert post_chat(stack.url, {"prompt": reworded, **other}).json()["cache"]["status"] == (
         "semantic"

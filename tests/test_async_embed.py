@@ -8,11 +8,7 @@ import uuid
 import numpy as np
 import requests
 
-from tests.conftest import auth, create_user
-
-
-def ns() -> dict:
-    return {"options": {"seed": uuid.uuid4().int % 2**31}}
+from tests.conftest import auth, create_user, fresh_namespace
 
 
 def wait_done(url: str, job_id: str, key: str | None = None, timeout: float = 30) -> dict:
@@ -26,7 +22,7 @@ def wait_done(url: str, job_id: str, key: str | None = None, timeout: float = 30
 
 def test_async_submit_then_poll(stack, standin):
     standin.configure(latency_s=1.0)
-    body = {"prompt": "Explain how tides work.", "wait": False, **ns()}
+    body = {"prompt": "Explain how tides work.", "wait": False, **fresh_namespace()}
     started = time.monotonic()
     a = requests.post(f"{stack.url}/api/v1/chat", json=body, headers=auth(), timeout=10)
     b = requests.post(f"{stack.url}/api/v1/chat", json=body, headers=auth(), timeout=10)
@@ -44,7 +40,7 @@ def test_async_submit_then_poll(stack, standin):
 
 def test_async_errors_and_other_users_jobs(stack, standin, stack_env):
     standin.configure(fail_status=404)
-    body = {"prompt": "Will the async job fail?", "wait": False, **ns()}
+    body = {"prompt": "Will the async job fail?", "wait": False, **fresh_namespace()}
     job = requests.post(f"{stack.url}/api/v1/chat", json=body, headers=auth(), timeout=10).json()
     failed = wait_done(stack.url, job["id"])
     assert failed["state"] == "error" and failed["error"]["code"] == "llm_rejected"

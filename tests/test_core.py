@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.conftest import LEASE_MS, post_chat, post_many
+from tests.conftest import LEASE_MS, conversation, post_chat, post_many
 
 
 def test_burst_of_identical_prompts_makes_one_llm_call(stack, standin, prompt):
@@ -55,13 +55,7 @@ def test_whitespace_differences_share_one_entry(stack, standin, prompt):
 )
 def test_what_changes_the_answer_changes_the_entry(stack, standin, prompt, variant):
     base = post_chat(stack.url, {"prompt": prompt}).json()
-    messages = []
-    if "system" in variant:
-        messages.append({"role": "system", "content": variant["system"]})
-    if "history" in variant:
-        user, assistant = variant["history"]
-        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
-    messages.append({"role": "user", "content": prompt})
+    messages = conversation(prompt, variant.get("system"), variant.get("history", []))
     body = {"messages": messages, **{k: variant[k] for k in ("model", "options") if k in variant}}
 
     other = post_chat(stack.url, body).json()

@@ -14,11 +14,6 @@ from tests.conftest import auth, create_user, post_chat, post_many
 from tests.stack import Stack
 
 
-@pytest.fixture
-def ns() -> dict:
-    return {"options": {"seed": uuid.uuid4().int % 2**31}}
-
-
 @pytest.fixture(scope="module")
 def users(stack, stack_env) -> dict[str, str]:
     return {
@@ -294,8 +289,7 @@ def test_api_keys_can_be_created_listed_and_revoked(stack, stack_env):
     # Every web process remembers a key for up to 10 s (an exact hit costs no lookup):
     # within that, the revoked key stops working everywhere.
     refused = wait_for(
-        lambda: requests.get(f"{stack.url}/api/v1/keys", headers=auth(new_key)).status_code
-        == 401,
+        lambda: requests.get(f"{stack.url}/api/v1/keys", headers=auth(new_key)).status_code == 401,
         timeout=12,
     )
     assert refused

@@ -13,16 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.conftest import post_chat, post_many
+from tests.conftest import conversation, post_chat, post_many
 
 
 def topic() -> str:
     return uuid.uuid4().hex[:6]
-
-
-@pytest.fixture
-def ns() -> dict:
-    return {"options": {"seed": uuid.uuid4().int % 2**31}}
 
 
 def ask(stack, ns: dict, prompt: str, **extra):
@@ -63,13 +58,7 @@ def test_a_paraphrase_is_served_from_the_earlier_answer(stack, standin, ns):
 def test_nothing_matches_across_namespaces(stack, standin, ns, variant):
     question = f"How do I bake bread with {topic()} flour?"
     ask(stack, ns, question)
-    messages = []
-    if "system" in variant:
-        messages.append({"role": "system", "content": variant["system"]})
-    if "history" in variant:
-        user, assistant = variant["history"]
-        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
-    messages.append({"role": "user", "content": question})
+    messages = conversation(question, variant.get("system"), variant.get("history", []))
     body = {
         "messages": messages,
         **ns,

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.conftest import auth
+from tests.conftest import auth, fresh_namespace
 from tests.sse import stream_chat, text_of
-
-
-def ns() -> dict:
-    return {"options": {"seed": uuid.uuid4().int % 2**31}}
 
 
 def test_twenty_streams_share_one_call_and_get_every_token_in_order(stack, standin):
     standin.configure(tokens=20, token_interval_s=0.1)
-    body = {"prompt": "Tell me a story about a lighthouse keeper.", **ns()}
+    body = {"prompt": "Tell me a story about a lighthouse keeper.", **fresh_namespace()}
     with ThreadPoolExecutor(20) as pool:
         early = [pool.submit(stream_chat, stack.url, body, auth()) for _ in range(19)]
         while standin.calls()["in_flight"] == 0:
@@ -43,7 +38,7 @@ def test_twenty_streams_share_one_call_and_get_every_token_in_order(stack, stand
 
 
 def test_cached_answers_replay_as_a_stream(stack, standin):
-    body = {"prompt": "What is the difference between a lake and a pond?", **ns()}
+    body = {"prompt": "What is the difference between a lake and a pond?", **fresh_namespace()}
     first = stream_chat(stack.url, body, auth())
     again = stream_chat(stack.url, body, auth())
     assert again[0][1]["status"] == "exact"
@@ -54,7 +49,6 @@ def test_cached_answers_replay_as_a_stream(stack, standin):
 
 def test_a_stream_reports_errors(stack, standin):
     standin.configure(fail_status=404)
-    events = stream_chat(stack.url, {"prompt": "Will this fail?", **ns()}, auth())
+    events = stream_chat(stack.url, {"prompt": "Will this fail?", **fresh_namespace()}, auth())
     assert events[-1][0] == "error"
     assert events[-1][1]["error"]["code"] == "llm_rejected"
-
