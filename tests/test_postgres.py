@@ -216,14 +216,44 @@ def test_over_the_rate_limit_is_429_with_retry_after(stack, stack_env, tmp_path)
     try:
         key = create_user(stack_env, f"carol-{uuid.uuid4().hex[:6]}")
         statuses = []
-        for _ in range(4):
-            resp = post_chat(limited.url, {"prompt": "What is a token bucket?"}, key=key)
+        # A miss, a miss and a hit the fast path admits (webapp.fastpath: the view must not
+        # take a second token for the miss it hands over), then one too many.
+        for prompt in ["What is a token bucket?", "What is a leaky bucket?",
+                       "What is a token bucket?", "What is a token bucket?"]:  # fmt: skip
+            resp = post_chat(limited.url, {"prompt": prompt}, key=key)
             statuses.append(resp.status_code)
         assert statuses == [200, 200, 200, 429]
         assert resp.json()["error"]["code"] == "rate_limited"
         assert 1 <= int(resp.headers["Retry-After"]) <= 20
     finally:
         limited.stop()
+
+
+def test_an_exact_hit_below_flask_is_the_views_answer(stack, stack_env, database, tmp_path):
+    """webapp.fastpath answers exact hits of a remembered API key without Flask: its answer
+    must be the view's, byte for byte apart from the id and the timing, and logged alike."""
+    web = Stack(env=stack_env, logdir=tmp_path)
+    web.start_web(workers=1)
+    try:
+        key = create_user(stack_env, f"dora-{uuid.uuid4().hex[:6]}")
+        body = {"prompt": f"Why is the {uuid.uuid4().hex[:8]} sky blue?"}
+        assert post_chat(web.url, body, key=key).json()["cache"]["status"] == "miss"
+        other = create_user(stack_env, f"eve-{uuid.uuid4().hex[:6]}")
+        by_view = post_chat(web.url, body, key=other)  # a key this process never saw: Flask
+        below = post_chat(web.url, body, key=other)  # now remembered: the fast path
+    finally:
+        web.stop()
+    assert by_view.status_code == below.status_code == 200
+    assert by_view.headers["X-Cache"] == below.headers["X-Cache"] == "exact"
+    assert by_view.headers["Content-Type"] == below.headers["Content-Type"]
+    a, b = by_view.json(), below.json()
+    assert a["id"] != b["id"]
+    for answer in (a, b):
+        del answer["id"], answer["timings"]["total_ms"]
+    assert a == b
+    assert list(by_view.json()) == list(below.json())  # same field order too
+    sql = "SELECT outcome FROM request_log WHERE answer_id = %s"
+    assert wait_for(lambda: rows(database, sql, below.json()["id"])) == [("exact",)]
 
 
 def test_request_log_has_every_outcome(stack, standin, database, ns):

@@ -16,6 +16,7 @@ from webapp import (
     embed,
     entries,
     errors,
+    fastpath,
     ops,
     services,
     ui,
@@ -43,4 +44,5 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(embed.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(ui.bp)
+    fastpath.init_app(app)
     return app

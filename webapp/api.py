@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
+from cache.keys import CacheKey
 from webapp import chat, metrics, streaming
 from webapp.auth import User, current_user
 from webapp.errors import ApiError, BadRequest, RateLimited
@@ -29,9 +31,30 @@ def authorize() -> User:
     return user
 
 
+# Set by webapp.fastpath on a request it admitted but did not answer: (wait_s, entry).
+ADMITTED = "flock.admitted"
+STARTED = "flock.started"
+
+
+def prepare(
+    body: Any, user: User, cfg: Mapping[str, Any]
+) -> tuple[ChatRequest, CacheKey, float, int]:
+    """The validated request, its cache key, its threshold and its TTL."""
+    req = ChatRequest.parse(body, cfg["OLLAMA_MODEL"], cfg["MAX_PROMPT_CHARS"])
+    threshold = cfg["SEMANTIC_THRESHOLD"] if req.threshold is None else req.threshold
+    ttl_s = cfg["CACHE_TTL"] if req.ttl is None else req.ttl
+    return req, chat.request_key(req, user.id), threshold, ttl_s
+
+
+def exact_lookup(req: ChatRequest, key: CacheKey) -> str | None:
+    """The exact key to read in the same round trip as the rate limit (a hit costs no
+    more), or None when this request must not be answered from the exact cache."""
+    return key.exact if req.mode in ("use", "no-store") and req.wait else None
+
+
 @bp.post("/chat")
 def chat_view():
-    started = time.perf_counter()
+    started = request.environ.get(STARTED) or time.perf_counter()
     user = current_user()
     body = request.get_json(silent=True)
     if body is None:
@@ -39,15 +62,13 @@ def chat_view():
             "the body must be valid JSON (Content-Type: application/json)", code="invalid_json"
         )
     cfg = current_app.config
-    req = ChatRequest.parse(body, cfg["OLLAMA_MODEL"], cfg["MAX_PROMPT_CHARS"])
-    threshold = cfg["SEMANTIC_THRESHOLD"] if req.threshold is None else req.threshold
-    ttl_s = cfg["CACHE_TTL"] if req.ttl is None else req.ttl
-    key = chat.request_key(req, user.id)
+    req, key, threshold, ttl_s = prepare(body, user, cfg)
     answer_id = uuid.uuid4().hex
     svc = services()
-    # The rate limit and the exact lookup share one round trip: a hit costs no more.
-    lookup = key.exact if req.mode in ("use", "no-store") and req.wait else None
-    wait_s, cached = svc.admit(user.rate_key, lookup)
+    lookup = exact_lookup(req, key)
+    # webapp.fastpath may have admitted this request already (then handed it over).
+    admitted = request.environ.pop(ADMITTED, None)
+    wait_s, cached = admitted or svc.admit(user.rate_key, lookup)
     if wait_s:
         raise RateLimited(
             f"over {cfg['REQUESTS_PER_MINUTE']} requests a minute", retry_after_s=int(wait_s)
@@ -78,7 +99,7 @@ def chat_view():
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
     answer = ask()
-    resp = jsonify(_body(answer, answer_id, threshold, req, started))
+    resp = jsonify(answer_body(answer, answer_id, threshold, req, started))
     resp.headers["X-Cache"] = answer.status
     return resp
 
@@ -98,7 +119,7 @@ def job_view(job_id: str):
         return jsonify({"id": job_id, "state": "pending"})
     cfg = current_app.config
     req = ChatRequest(model=answer.entry.model, messages=[], options={})
-    body = _body(answer, job_id, cfg["SEMANTIC_THRESHOLD"], req, started)
+    body = answer_body(answer, job_id, cfg["SEMANTIC_THRESHOLD"], req, started)
     return jsonify({"id": job_id, "state": "done", "answer": body})
 
 
@@ -110,14 +131,14 @@ def _events(svc, key, ask, answer_id, threshold, req, started) -> Iterator[str]:
         elif event == "delta":
             yield streaming.sse("delta", {"content": data})
         elif event == "done":
-            yield streaming.sse("done", _body(data, answer_id, threshold, req, started))
+            yield streaming.sse("done", answer_body(data, answer_id, threshold, req, started))
         elif event == "error":
             yield streaming.sse("error", {"error": {"code": data.code, "message": data.message}})
         else:
             yield streaming.sse(event, {})
 
 
-def _body(answer: chat.Answer, answer_id: str, threshold: float, req: ChatRequest, started):
+def answer_body(answer: chat.Answer, answer_id: str, threshold: float, req: ChatRequest, started):
     entry = answer.entry
     return {
         "id": answer_id,

@@ -85,9 +85,9 @@ def _from_api_key() -> User | None:
     if scheme.lower() != "bearer" or not key.strip():
         raise Unauthorized("the Authorization header must be 'Bearer <API key>'")
     digest = key_hash(key.strip())
-    known = _recent_keys.get(digest)
-    if known is not None and known[1] > time.monotonic():
-        return known[0]
+    known = remembered(digest)
+    if known is not None:
+        return known
     cache_key = f"{services().store.prefix}apikey:{digest}"
     cached = services().redis.get(cache_key)
     if cached is not None:
@@ -107,6 +107,13 @@ def _from_api_key() -> User | None:
     if user is not None:
         _recent_keys[digest] = (user, time.monotonic() + _KEY_MEMORY_S)
     return user or _invalid_key()
+
+
+def remembered(digest: str) -> User | None:
+    """The user of an API key (by its hash) this process saw less than _KEY_MEMORY_S ago;
+    no I/O."""
+    known = _recent_keys.get(digest)
+    return known[0] if known is not None and known[1] > time.monotonic() else None
 
 
 def _invalid_key() -> User:

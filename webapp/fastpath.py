@@ -1,0 +1,96 @@
+"""Exact hits of POST /api/v1/chat, answered below Flask.
+
+An exact hit is the most frequent request and the cheapest to answer: one Redis command.
+Flask's machinery around it (request context, session, routing, Response objects) cost
+about as much as the rest of the request together, so this WSGI middleware answers the
+plain case itself, with the same functions the view uses (validation, key, admission,
+body, request log, metrics), and hands everything else to Flask untouched:
+
+- an API key this process remembers (webapp.auth.remembered; no I/O), JSON body;
+- a valid request that may be answered from the exact cache, neither streamed nor async;
+- the answer is in the exact cache.
+
+A request it admitted (rate-limit token taken, exact cache read) but cannot answer goes
+on to the view with that admission in its environ, so nothing is counted or read twice.
+Errors are left to the view too: it builds the same request again and raises them.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from flask import Flask
+
+from webapp import api
+from webapp.auth import remembered
+from webapp.chat import Answer
+from webapp.errors import ApiError
+from webapp.passwords import key_hash
+from webapp.services import Services
+
+PATH = "/api/v1/chat"
+
+
+class ExactHits:
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+        self.next = app.wsgi_app
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == PATH and environ.get("REQUEST_METHOD") == "POST":
+            answered = self._answer(environ)
+            if answered is not None:
+                start_response("200 OK", [
+                    ("Content-Type", "application/json"),
+                    ("Content-Length", str(len(answered))),
+                    ("X-Cache", "exact"),
+                ])  # fmt: skip
+                return [answered]
+        return self.next(environ, start_response)
+
+    def _answer(self, environ: dict[str, Any]) -> bytes | None:
+        started = time.perf_counter()
+        scheme, _, key = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            return None
+        user = remembered(key_hash(key.strip()))
+        if user is None or not environ.get("CONTENT_TYPE", "").startswith("application/json"):
+            return None
+        cfg = self.app.config
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            return None
+        if not 0 < length <= cfg["MAX_CONTENT_LENGTH"]:
+            return None
+        raw = environ["wsgi.input"].read(length)
+        environ["wsgi.input"] = io.BytesIO(raw)  # the view reads it again if we pass
+        try:
+            req, key_, threshold, _ = api.prepare(self.app.json.loads(raw), user, cfg)
+        except (ValueError, ApiError):
+            return None
+        lookup = api.exact_lookup(req, key_)
+        if lookup is None or req.stream:
+            return None
+        svc: Services = self.app.extensions["flock"]
+        wait_s, entry = svc.admit(user.rate_key, lookup)
+        if wait_s or entry is None:
+            environ[api.ADMITTED] = (wait_s, entry)
+            environ[api.STARTED] = started
+            return None
+        answer = Answer(entry, "exact", lookup)
+        answer_id = uuid.uuid4().hex
+        body = api.answer_body(answer, answer_id, threshold, req, started)
+        api.log_answer(svc, answer_id, user, req, started, answer=answer)
+        # What flask.jsonify would send (compact separators, trailing newline).
+        return (self.app.json.dumps(body, separators=(",", ":")) + "\n").encode()
+
+
+def init_app(app: Flask) -> None:
+    app.wsgi_app = ExactHits(app)  # type: ignore[method-assign]
