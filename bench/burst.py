@@ -202,7 +202,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with bench_stack(args.lease_ms, args.timeout, args.keep_logs) as bench:
             standin, stack = bench.standin, bench.stack
             log("starting Celery workers and gunicorn")
-            stack.start_worker("embedder", "embed", concurrency=2)
+            stack.start_worker("embedder", "embed", concurrency=2, pool="threads")
             stack.start_worker("llm", "llm", concurrency=8, pool="threads")
             web, web_url = start_gunicorn(stack, "web", "webapp:create_app()",
                                         args.worker_class, WEB_WORKERS, args.threads)

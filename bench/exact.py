@@ -241,7 +241,7 @@ def _seed(stack: Stack, headers: dict[str, str], prompt: str) -> bytes:
     """Ask once through the real stack (a miss), then check it is served as an exact hit."""
     log("seeding the cache: Celery workers + gunicorn, one miss")
     workers = [
-        stack.start_worker("embedder", "embed", concurrency=2),
+        stack.start_worker("embedder", "embed", concurrency=2, pool="threads"),
         stack.start_worker("llm", "llm", concurrency=8, pool="threads"),
     ]
     seed_web, url = start_gunicorn(stack, "seed-web", FLOCK_APP)

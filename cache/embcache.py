@@ -45,6 +45,20 @@ class EmbeddingCache:
         ]
         return np.vstack(rows).astype(np.float32, copy=False), len(missing)
 
+    def get(self, model: str, text: str) -> np.ndarray | None:
+        """The cached vector of one text, or None."""
+        blob = self.client.get(self._key(model, text))
+        return unpack(blob) if isinstance(blob, bytes) else None
+
+    def put(
+        self, model: str, text: str, vector: np.ndarray, tokens: tuple[list[str], np.ndarray]
+    ) -> None:
+        """Cache one text's vector and its token vectors, in one round trip."""
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.set(self._key(model, text), pack(vector), ex=self.ttl_s)
+            pipe.set(self._tok_key(model, text), _pack_tokens(*tokens), ex=self.ttl_s)
+            pipe.execute()
+
     def tokens(
         self, model: str, text: str, compute: Callable[[str], tuple[list[str], np.ndarray]]
     ) -> tuple[list[str], np.ndarray]:
@@ -55,14 +69,13 @@ class EmbeddingCache:
             vectors = np.frombuffer(blob, dtype="<f2").astype(np.float32).reshape(-1, 384)
             return json.loads(header), vectors
         tokens, vectors = compute(text)
-        self.put_tokens(model, text, tokens, vectors)
+        self.client.set(self._tok_key(model, text), _pack_tokens(tokens, vectors), ex=self.ttl_s)
         return tokens, np.asarray(vectors, dtype=np.float32)
-
-    def put_tokens(self, model: str, text: str, tokens: list[str], vectors: np.ndarray) -> None:
-        blob = np.asarray(vectors, dtype="<f2").tobytes()  # half precision: plenty to align
-        self.client.set(
-            self._tok_key(model, text), json.dumps(tokens).encode() + b"\n" + blob, ex=self.ttl_s
-        )
 
     def _tok_key(self, model: str, text: str) -> str:
         return self._key(model, text).replace(":emb:", ":tok:", 1)
+
+
+def _pack_tokens(tokens: list[str], vectors: np.ndarray) -> bytes:
+    blob = np.asarray(vectors, dtype="<f2").tobytes()  # half precision: plenty to align
+    return json.dumps(tokens).encode() + b"\n" + blob

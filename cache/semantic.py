@@ -16,6 +16,7 @@ The search is exact cosine (vectors are L2-normalised, so a dot product) behind
 from __future__ import annotations
 
 import struct
+import threading
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -113,6 +114,8 @@ class SemanticIndex:
         self._epoch: Any = None
         self._spaces: dict[str, _Namespace] = {}
         self._last_id: str | None = None
+        # The worker's threads share one index: one of them syncs or searches at a time.
+        self._lock = threading.RLock()
 
     def add(self, namespace: str, key: str, prompt: str, vector: np.ndarray) -> None:
         self.client.xadd(
@@ -132,15 +135,21 @@ class SemanticIndex:
 
     def search(self, namespace: str, vector: np.ndarray, k: int = 3) -> list[Candidate]:
         """The k nearest entries of `namespace`, best first, after catching up with the log."""
-        self.sync()
-        space = self._spaces.get(namespace)
-        return space.search(np.asarray(vector, dtype=np.float32), k) if space else []
+        with self._lock:
+            self.sync()
+            space = self._spaces.get(namespace)
+            return space.search(np.asarray(vector, dtype=np.float32), k) if space else []
 
     def size(self) -> int:
-        self.sync()
-        return sum(len(s) for s in self._spaces.values())
+        with self._lock:
+            self.sync()
+            return sum(len(s) for s in self._spaces.values())
 
     def sync(self) -> None:
+        with self._lock:
+            self._sync()
+
+    def _sync(self) -> None:
         if self._last_id is None:
             self.rebuild()
             return
@@ -165,6 +174,10 @@ class SemanticIndex:
                 return
 
     def rebuild(self) -> None:
+        with self._lock:
+            self._rebuild()
+
+    def _rebuild(self) -> None:
         """Load from the source; remember the log position read before loading."""
         # The epoch names this life of the log: a flush deletes it, and every process
         # notices on its next sync that it must reload.

@@ -10,8 +10,9 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ from cache import Entry, Outcome
 from cache.inflight import InFlight
 from cache.lease import Follower
 from cache.semantic import Candidate
-from cache.verify import Check, Verdict
+from cache.verify import Option, TokenVectors, Verdict
 from inference import Completion, LLMError, PermanentLLMError
 from tasks.resources import Resources
 
@@ -30,11 +31,22 @@ log = logging.getLogger(__name__)
 def answer(res: Resources, job: dict[str, Any]) -> dict[str, Any] | None:
     """Serve from the exact or semantic cache, or follow a similar prompt being generated;
     otherwise return the job for `generate`, with the prompt's embedding."""
-    if _served_from_cache(res, job):
+    # Redis only: the exact key's record in PostgreSQL (when Redis lost it) is read by
+    # `generate` before it calls the LLM; a semantic hit needs no PostgreSQL round trip.
+    if _served_from_cache(res, job, durable=False):
         return None
     if job["mode"] == "bypass":
         return job if res.lease.claim(job["key"], job["attempt"], "q") else None
-    vector = _embed(res, job["prompt"])
+    vector, tokens, remember = _embed(res, job["prompt"])
+    try:
+        return _decide(res, job, vector, tokens)
+    finally:
+        remember()  # after the outcome is out: waiters do not wait for cache writes
+
+
+def _decide(
+    res: Resources, job: dict[str, Any], vector: np.ndarray, tokens: Callable[[], TokenVectors]
+) -> dict[str, Any] | None:
     ns = job["namespace"]
     # Announce first, then look at earlier announcements, then search the index: a leader
     # that finished meanwhile is either still announced or already in the index, since it
@@ -44,10 +56,10 @@ def answer(res: Resources, job: dict[str, Any]) -> dict[str, Any] | None:
     for _ in range(3):
         # List before searching (see above); judge the leaders only if the index has nothing.
         leaders = res.inflight.listed(ns, before=announced) if job["mode"] == "use" else []
-        if job["mode"] == "use" and _served_semantically(res, job, vector, threshold):
+        if job["mode"] == "use" and _served_semantically(res, job, vector, tokens, threshold):
             res.inflight.withdraw(ns, announced)
             return None
-        leader = _nearest_leader(res, job, vector, leaders, threshold)
+        leader = _nearest_leader(res, job, vector, tokens, leaders, threshold)
         if leader is None:
             break
         me = Follower(job["key"], job["attempt"], leader.similarity)
@@ -123,17 +135,24 @@ def embed(res: Resources, job: dict[str, Any]) -> None:
     res.store.finish(key, outcome, ttl_s=None)
 
 
-def _embed(res: Resources, text: str) -> np.ndarray:
+def _embed(
+    res: Resources, text: str
+) -> tuple[np.ndarray, Callable[[], TokenVectors], Callable[[], None]]:
+    """The text's vector (embedding cache first), a function giving its token vectors, and
+    one that caches what was computed. A new text is embedded in one forward pass that
+    yields both; the token vectors stay at hand for the verifier."""
     model = res.embedder()
+    vector = res.embeddings.get(model.name, text)
+    if vector is not None:
+        return vector, partial(_tokens, res, text), lambda: None
+    vector, words, token_vectors = model.embed_with_tokens(text)
+    computed = (list(words), token_vectors)
+    return vector, lambda: computed, partial(res.embeddings.put, model.name, text, vector, computed)
 
-    def compute(texts: list[str]) -> np.ndarray:
-        # One forward pass gives the token vectors the verifier needs too: keep them.
-        vector, tokens, token_vectors = model.embed_with_tokens(texts[0])
-        res.embeddings.put_tokens(model.name, texts[0], tokens, token_vectors)
-        return vector[None, :]
 
-    vectors, _ = res.embeddings.embed(model.name, [text], compute)
-    return vectors[0]
+def _tokens(res: Resources, text: str) -> TokenVectors:
+    model = res.embedder()
+    return res.embeddings.tokens(model.name, text, model.token_embeddings)
 
 
 def _withdraw(res: Resources, job: dict[str, Any]) -> None:
@@ -145,6 +164,7 @@ def _nearest_leader(
     res: Resources,
     job: dict[str, Any],
     vector: np.ndarray,
+    tokens: Callable[[], TokenVectors],
     announced: list[InFlight],
     threshold: float,
 ) -> Candidate | None:
@@ -154,27 +174,27 @@ def _nearest_leader(
         return None
     scores = np.vstack([f.vector for f in leaders]) @ vector
     ranked = sorted(zip(scores, leaders, strict=True), key=lambda p: -p[0])
-    for score, leader in ranked[:3]:
-        cand = Candidate(leader.key, leader.prompt, float(score))
-        if _verdict(res, job, cand, threshold).accept:
-            return cand
-    return None
+    cands = [Candidate(leader.key, leader.prompt, float(score)) for score, leader in ranked[:3]]
+    picked = _choose(res, job, tokens, cands, threshold)
+    return picked[0] if picked else None
 
 
 def _served_semantically(
-    res: Resources, job: dict[str, Any], vector: np.ndarray, threshold: float
+    res: Resources,
+    job: dict[str, Any],
+    vector: np.ndarray,
+    tokens: Callable[[], TokenVectors],
+    threshold: float,
 ) -> bool:
-    for cand in res.index.search(job["namespace"], vector, k=3):
-        if cand.key == job["key"]:
-            continue
-        verdict = _verdict(res, job, cand, threshold)
-        if not verdict.accept:
-            continue
+    cands = [c for c in res.index.search(job["namespace"], vector, k=3) if c.key != job["key"]]
+    while (picked := _choose(res, job, tokens, cands, threshold)) is not None:
+        cand, verdict = picked
         entry = _load(res, cand.key)
         if entry is None:
             # Expired or invalidated: every index must forget it. (An entry still being
             # written has its record in PostgreSQL before it reaches any index.)
             res.index.remove(job["namespace"], cand.key)
+            cands.remove(cand)
             continue
         outcome = Outcome(
             attempt=job["attempt"],
@@ -189,16 +209,19 @@ def _served_semantically(
     return False
 
 
-def _verdict(res: Resources, job: dict[str, Any], cand: Candidate, threshold: float) -> Verdict:
+def _choose(
+    res: Resources,
+    job: dict[str, Any],
+    tokens: Callable[[], TokenVectors],
+    cands: list[Candidate],
+    threshold: float,
+) -> tuple[Candidate, Verdict] | None:
     """First stage: `threshold` (the request's, raised by its namespace's wrong hits);
-    second: the verifier, on the texts and MiniLM's token vectors."""
-    if cand.similarity < threshold:
-        check = Check("threshold", False, f">= {threshold:.3f}", score=cand.similarity)
-        return Verdict(False, cand.similarity, 0.0, (check,))
-    model = res.embedder()
-    query = res.embeddings.tokens(model.name, job["prompt"], model.token_embeddings)
-    matched = res.embeddings.tokens(model.name, cand.prompt, model.token_embeddings)
-    return res.verifier.verify(job["prompt"], cand.prompt, cand.similarity, query, matched)
+    second: the verifier, on the texts and MiniLM's token vectors (fetched only for
+    candidates above the threshold). The same choice as `python -m bench.accuracy`."""
+    options = [Option(c.prompt, c.similarity, partial(_tokens, res, c.prompt), c) for c in cands]
+    picked = res.verifier.choose(job["prompt"], tokens, options, threshold=threshold)
+    return (picked[0].ref, picked[1]) if picked else None
 
 
 @contextmanager
@@ -229,10 +252,11 @@ def _load(res: Resources, key: str) -> Entry | None:
     return entry
 
 
-def _served_from_cache(res: Resources, job: dict[str, Any]) -> bool:
+def _served_from_cache(res: Resources, job: dict[str, Any], durable: bool = True) -> bool:
+    """Serve the exact key's entry if there is one (`durable`: also from PostgreSQL)."""
     if job["mode"] != "use":
         return False
-    entry = _load(res, job["key"])
+    entry = _load(res, job["key"]) if durable else res.store.get(job["key"])
     if entry is None:
         return False
     res.store.finish(job["key"], Outcome(attempt=job["attempt"], entry=entry, status="exact"), None)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import redis
-from celery.signals import celeryd_init, worker_process_init
+from celery.signals import celeryd_init, worker_process_init, worker_ready
 from psycopg_pool import ConnectionPool
 
 from cache import EmbeddingCache, ExactStore, InFlightPrompts, Lease, SemanticIndex
@@ -145,7 +145,7 @@ def _llm(conf: Any) -> tuple[LLM, str]:
     return ollama, "ollama"
 
 
-# Which queues this worker consumes, recorded in the parent before it forks its children.
+# Which queues this worker consumes, recorded in the main process before any fork.
 _queues: set[str] = set()
 
 
@@ -157,8 +157,15 @@ def _remember_queues(options: dict | None = None, **_: object) -> None:
 
 @worker_process_init.connect
 def _preload(**_: object) -> None:
-    """Embedder children load the model before taking their first task: a task must not
-    spend its lease loading it."""
+    """Embedder processes load the model before taking their first task: a task must not
+    spend its lease loading it. Prefork: each child, after the fork."""
     if "embed" in _queues:
         model = resources().embedder()
         log.info("embedding model %s loaded in pid %d", model.name, os.getpid())
+
+
+@worker_ready.connect
+def _preload_in_process(sender: object = None, **_: object) -> None:
+    """Thread (or solo) pool: the tasks run in this process, which loads the model once."""
+    if "prefork" not in type(getattr(sender, "pool", None)).__module__:
+        _preload()

@@ -139,10 +139,11 @@ class Stack:
         ]
         proc = self._spawn(name, args, extra_env)
         _wait_for(lambda: " ready." in proc.log.read_text(errors="replace"), proc, name)
-        if "embed" in queue.split(","):  # each child loads the model after the fork
+        if "embed" in queue.split(","):  # each child (or the one process) loads the model
             loaded = "embedding model"
+            copies = concurrency if pool == "prefork" else 1
             _wait_for(
-                lambda: proc.log.read_text(errors="replace").count(loaded) >= concurrency,
+                lambda: proc.log.read_text(errors="replace").count(loaded) >= copies,
                 proc,
                 name,
                 timeout=180,
@@ -150,7 +151,7 @@ class Stack:
         return proc
 
     def start_default(self) -> None:
-        self.start_worker("embedder", "embed", concurrency=2)
+        self.start_worker("embedder", "embed", concurrency=2, pool="threads")
         self.start_worker("llm", "llm", concurrency=8, pool="threads")
         self.start_web()
 
