@@ -42,6 +42,13 @@ flock_llm_backend = os.environ.get("LLM_BACKEND", "auto")
 flock_llm_timeout_s = float(os.environ.get("LLM_TIMEOUT_S", "120"))
 flock_llm_max_retries = int(os.environ.get("LLM_MAX_RETRIES", "2"))
 flock_llm_retry_backoff_s = float(os.environ.get("LLM_RETRY_BACKOFF_S", "0.5"))
+# The uncertain band: a verifier score from this value up to its threshold asks the LLM
+# "same question?" before a semantic hit is refused. Unset (default): off.
+flock_llm_verify_band = (
+    float(os.environ["LLM_VERIFY_BAND"]) if os.environ.get("LLM_VERIFY_BAND") else None
+)
+if flock_llm_verify_band is not None and not 0.0 <= flock_llm_verify_band <= 1.0:
+    raise ValueError(f"LLM_VERIFY_BAND must be within 0..1, not {flock_llm_verify_band}")
 flock_lock_lease_ms = int(os.environ.get("LOCK_LEASE_MS", "10000"))
 # The ONNX export of the embedding model is built once and kept here.
 flock_embed_cache_dir = os.environ.get("EMBED_CACHE_DIR", "var/models")

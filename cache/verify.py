@@ -945,6 +945,20 @@ class Verifier:
             return None
         return accepted[0][3], accepted[0][4]
 
+    def doubtful(self, verdict: Verdict, low: float) -> bool:
+        """Refused by the model's score alone, with a score in [low, the model's threshold):
+        the band where a second opinion (the LLM's yes/no) may accept. A hard guard's veto
+        or a failed first stage is never doubtful."""
+        scored = [c for c in verdict.checks if c.name == "verifier"]
+        vetoed = any(c.level == 2 and c.name in self.hard_guards for c in verdict.checks)
+        return (
+            not verdict.accept
+            and bool(scored)
+            and not vetoed
+            and all(c.passed for c in verdict.checks if c.name == "cosine")
+            and low <= verdict.score
+        )
+
     def threshold(self, with_tokens: bool = True) -> float:
         return self._models["tokens" if with_tokens else "text"].threshold
 
@@ -986,3 +1000,21 @@ class Verifier:
 
 def _normalised(text: str) -> str:
     return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+# --------------------------------------------------------------------------- LLM band
+
+SAME_QUESTION = (
+    "Do these two questions ask for the same thing, so that one answer serves both? "
+    "Reply with yes or no only.\n\nQuestion 1: {a}\nQuestion 2: {b}"
+)
+
+
+def same_question(a: str, b: str) -> tuple[list[dict[str, str]], dict[str, Any]]:
+    """The messages and options of the uncertain band's yes/no question to the LLM."""
+    content = SAME_QUESTION.format(a=a, b=b)
+    return [{"role": "user", "content": content}], {"temperature": 0, "num_predict": 3}
+
+
+def said_yes(reply: str) -> bool:
+    return reply.strip().lower().startswith("yes")

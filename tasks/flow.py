@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -21,7 +22,7 @@ from cache import Entry, Outcome
 from cache.inflight import InFlight
 from cache.lease import Follower
 from cache.semantic import Candidate
-from cache.verify import Option, TokenVectors, Verdict
+from cache.verify import Check, Option, TokenVectors, Verdict, said_yes, same_question
 from inference import Completion, LLMError, PermanentLLMError
 from tasks.resources import Resources
 
@@ -187,7 +188,10 @@ def _served_semantically(
     threshold: float,
 ) -> bool:
     cands = [c for c in res.index.search(job["namespace"], vector, k=3) if c.key != job["key"]]
-    while (picked := _choose(res, job, tokens, cands, threshold)) is not None:
+    while (
+        picked := _choose(res, job, tokens, cands, threshold)
+        or _second_opinion(res, job, tokens, cands, threshold)
+    ) is not None:
         cand, verdict = picked
         entry = _load(res, cand.key)
         if entry is None:
@@ -222,6 +226,40 @@ def _choose(
     options = [Option(c.prompt, c.similarity, partial(_tokens, res, c.prompt), c) for c in cands]
     picked = res.verifier.choose(job["prompt"], tokens, options, threshold=threshold)
     return (picked[0].ref, picked[1]) if picked else None
+
+
+def _second_opinion(
+    res: Resources,
+    job: dict[str, Any],
+    tokens: Callable[[], TokenVectors],
+    cands: list[Candidate],
+    threshold: float,
+) -> tuple[Candidate, Verdict] | None:
+    """The uncertain band (LLM_VERIFY_BAND, off by default): the nearest candidate above
+    the threshold that the verifier refused by its score alone, with a score in the band,
+    is served when the LLM says both ask the same thing. At most one short LLM call."""
+    if res.llm_band is None:
+        return None
+    bound = max(threshold, res.verifier.lower_bound)
+    above = [c for c in cands if c.similarity >= bound]
+    if not above:
+        return None
+    cand = max(above, key=lambda c: c.similarity)
+    verdict = res.verifier.verify(
+        job["prompt"], cand.prompt, cand.similarity, tokens(), _tokens(res, cand.prompt)
+    )
+    if not res.verifier.doubtful(verdict, res.llm_band):
+        return None
+    try:
+        reply = res.llm.chat(job["model"], *same_question(job["prompt"], cand.prompt)).content
+    except LLMError as exc:
+        log.warning("no second opinion on %s: %s", job["key"][:12], exc)
+        return None
+    check = Check("llm", said_yes(reply), f"{job['model']} said {reply.strip()[:20]!r}")
+    log.info("second opinion on %s: %s", job["key"][:12], check.detail)
+    if not check.passed:
+        return None
+    return cand, replace(verdict, accept=True, checks=(*verdict.checks, check))
 
 
 @contextmanager

@@ -48,6 +48,7 @@ class Resources:
     retry_backoff_s: float
     embed_cache_dir: str
     verifier: Verifier
+    llm_band: float | None = None  # LLM_VERIFY_BAND: see tasks.flow._second_opinion
 
     def namespace_threshold(self, namespace: str) -> float:
         """What wrong hits raised this namespace's threshold to (0 when none did). Kept in
@@ -109,6 +110,7 @@ def _build() -> Resources:
         retry_backoff_s=conf.flock_llm_retry_backoff_s,
         embed_cache_dir=conf.flock_embed_cache_dir,
         verifier=Verifier(),
+        llm_band=conf.flock_llm_verify_band,
     )
 
 

@@ -55,6 +55,7 @@ _CONFIG_TYPES: dict[str, tuple[type, ...]] = {
     "fail_times": (int, type(None)),
     "midstream_error": (str, type(None)),
     "hang": (bool,),
+    "reply": (str, type(None)),
 }
 
 
@@ -70,6 +71,7 @@ class Config:
     fail_times: int | None = None  # only the next N calls fail (with fail_status, default 500)
     midstream_error: str | None = None  # emit {"error": ...} after a few tokens, then close
     hang: bool = False  # hold calls unanswered until cleared, reset, or the client leaves
+    reply: str | None = None  # answer every call with exactly this text (e.g. "Yes")
 
     def updated(self, changes: dict[str, Any]) -> Config:
         """A copy with `changes` applied; ValueError names the first bad setting."""
@@ -400,6 +402,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
 
         tokens = answer_tokens(kind, request, config.tokens)
+        if config.reply is not None:
+            tokens = [word + " " for word in config.reply.split()] or [""]
         if config.midstream_error is not None:
             tokens = tokens[:TOKENS_BEFORE_MIDSTREAM_ERROR]
         time.sleep(config.latency_s)
