@@ -36,9 +36,15 @@ test: lint
 run: install
 	$(PY) scripts/services.py --env-file .env -- $(PY) scripts/run.py
 
+# Every bench runs even when an earlier one misses a floor (each exits 1 then).
 bench: install
-	$(PY) -m bench.burst
-	$(PY) -m bench.exact
+	-$(PY) -m bench.burst
+	-$(PY) -m bench.exact
+	-$(PY) -m bench.semantic
+	-$(PY) -m bench.accuracy
+	-$(PY) -m bench.llm_band
+	-$(PY) -m bench.embed_speed
+	-$(PY) -m bench.embedded_speed
 
 clean:
 	rm -rf $(VENV) var
