@@ -305,3 +305,21 @@ def test_flower_lists_the_workers_and_the_tasks_a_request_caused(stack, flower):
     assert done, requests.get(f"{flower}/api/tasks", auth=("user", "pw"), timeout=10).text
     assert done["flock.answer"]["worker"].startswith("embedder@")
     assert done["flock.generate"]["worker"].startswith("llm@")
+
+
+def test_redis_gone_under_the_exact_hit_fast_path_is_a_json_503(stack_env, monkeypatch):
+    """webapp.fastpath remembered the caller's key, then Redis went away: the request must
+    get the view's JSON 503, not a bare 500 from below Flask."""
+    for name, value in {**stack_env, "REDIS_URL": closed_url("redis://", "/0")}.items():
+        monkeypatch.setenv(name, value)
+    from webapp import auth, create_app
+    from webapp.passwords import key_hash
+
+    app = create_app()
+    key = "flk_remembered_before_redis_went_away"
+    user = auth.User(id=1, name="someone", role="user", key_id=1)
+    auth._recent_keys[key_hash(key)] = (user, time.monotonic() + 10)
+    headers = {"Authorization": f"Bearer {key}"}
+    resp = app.test_client().post("/api/v1/chat", json={"prompt": "Anyone?"}, headers=headers)
+    assert resp.status_code == 503
+    assert resp.get_json()["error"]["code"] == "redis_unavailable"

@@ -12,17 +12,20 @@ body, request log, metrics), and hands everything else to Flask untouched:
 
 A request it admitted (rate-limit token taken, exact cache read) but cannot answer goes
 on to the view with that admission in its environ, so nothing is counted or read twice.
-Errors are left to the view too: it builds the same request again and raises them.
+Errors are left to the view too (a bad body, Redis down, anything unexpected): it builds
+the same request again and answers with the JSON error and status it always gives.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import redis
 from flask import Flask
 
 from webapp import api
@@ -33,6 +36,7 @@ from webapp.passwords import key_hash
 from webapp.services import Services
 
 PATH = "/api/v1/chat"
+log = logging.getLogger(__name__)
 
 
 class ExactHits:
@@ -44,7 +48,13 @@ class ExactHits:
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
         if environ.get("PATH_INFO") == PATH and environ.get("REQUEST_METHOD") == "POST":
-            answered = self._answer(environ)
+            try:
+                answered = self._answer(environ)
+            except redis.RedisError:
+                answered = None  # the view meets the same error and reports it (503)
+            except Exception:
+                log.exception("exact-hit fast path failed; the view answers")
+                answered = None
             if answered is not None:
                 start_response("200 OK", [
                     ("Content-Type", "application/json"),
@@ -80,9 +90,10 @@ class ExactHits:
             return None
         svc: Services = self.app.extensions["flock"]
         wait_s, entry = svc.admit(user.rate_key, lookup)
+        # From here on the view, if it answers instead, must not admit this request again.
+        environ[api.ADMITTED] = (wait_s, entry)
+        environ[api.STARTED] = started
         if wait_s or entry is None:
-            environ[api.ADMITTED] = (wait_s, entry)
-            environ[api.STARTED] = started
             return None
         answer = Answer(entry, "exact", lookup)
         answer_id = uuid.uuid4().hex
