@@ -188,10 +188,13 @@ def _served_semantically(
     threshold: float,
 ) -> bool:
     cands = [c for c in res.index.search(job["namespace"], vector, k=3) if c.key != job["key"]]
-    while (
-        picked := _choose(res, job, tokens, cands, threshold)
-        or _second_opinion(res, job, tokens, cands, threshold)
-    ) is not None:
+    asked = False  # the LLM's second opinion: once per lookup at most
+    while True:
+        picked = _choose(res, job, tokens, cands, threshold)
+        if picked is None and not asked:
+            asked, picked = True, _second_opinion(res, job, tokens, cands, threshold)
+        if picked is None:
+            return False
         cand, verdict = picked
         entry = _load(res, cand.key)
         if entry is None:
@@ -210,7 +213,6 @@ def _served_semantically(
         )
         res.store.finish(job["key"], outcome, job["ttl"])
         return True
-    return False
 
 
 def _choose(

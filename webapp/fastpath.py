@@ -66,10 +66,10 @@ class ExactHits:
 
     def _answer(self, environ: dict[str, Any]) -> bytes | None:
         started = time.perf_counter()
-        scheme, _, key = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
+        scheme, _, api_key = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
+        if scheme.lower() != "bearer" or not api_key.strip():
             return None
-        user = remembered(key_hash(key.strip()))
+        user = remembered(key_hash(api_key.strip()))
         if user is None or not environ.get("CONTENT_TYPE", "").startswith("application/json"):
             return None
         cfg = self.app.config
@@ -82,10 +82,10 @@ class ExactHits:
         raw = environ["wsgi.input"].read(length)
         environ["wsgi.input"] = io.BytesIO(raw)  # the view reads it again if we pass
         try:
-            req, key_, threshold, _ = api.prepare(self.app.json.loads(raw), user, cfg)
+            req, cache_key, threshold, _ = api.prepare(self.app.json.loads(raw), user, cfg)
         except (ValueError, ApiError):
             return None
-        lookup = api.exact_lookup(req, key_)
+        lookup = api.exact_lookup(req, cache_key)
         if lookup is None or req.stream:
             return None
         svc: Services = self.app.extensions["flock"]
