@@ -42,12 +42,14 @@ from typing import Any
 import numpy as np
 
 from cache.verify import is_content_word, word_vectors
+from inference.onnx_export import RECIPE_VERSION
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_PAIRS = ROOT.parent / "shared" / "data" / "paraphrase_pairs.json"
 DEFAULT_OUT = ROOT / "var" / "verifier" / "pairs.jsonl"
 # Keyed by embedder: ONNX int8 vectors differ slightly from the torch ones.
-CACHE_FILE = ROOT / "var" / "verifier" / "embeddings-onnx-int8.npz"
+# Named after the export recipe: another int8 model gives other vectors.
+CACHE_FILE = ROOT / "var" / "verifier" / f"embeddings-{RECIPE_VERSION}.npz"
 NEIGHBOURS = 3
 # Origins this close to each other say the same thing (the set has near-duplicates);
 # labelling them "different" would teach the verifier to reject true paraphrases.
