@@ -949,15 +949,13 @@ class Verifier:
         """Refused by the model's score alone, with a score in [low, the model's threshold):
         the band where a second opinion (the LLM's yes/no) may accept. A hard guard's veto
         or a failed first stage is never doubtful."""
-        scored = [c for c in verdict.checks if c.name == "verifier"]
-        vetoed = any(c.level == 2 and c.name in self.hard_guards for c in verdict.checks)
-        return (
-            not verdict.accept
-            and bool(scored)
-            and not vetoed
-            and all(c.passed for c in verdict.checks if c.name == "cosine")
-            and low <= verdict.score
-        )
+        if verdict.accept or self._vetoed(verdict.checks):
+            return False
+        return any(c.name == "verifier" for c in verdict.checks) and low <= verdict.score
+
+    def _vetoed(self, checks: Sequence[Check]) -> bool:
+        """A hard guard found a conflict: refused whatever the model says."""
+        return any(c.level == 2 and c.name in self.hard_guards for c in checks)
 
     def threshold(self, with_tokens: bool = True) -> float:
         return self._models["tokens" if with_tokens else "text"].threshold
@@ -978,7 +976,7 @@ class Verifier:
         if _normalised(query) == _normalised(candidate):
             return Verdict(True, similarity, 1.0, (first, Check("identical", True)))
         checks = run_guards(query, candidate)
-        vetoed = any(c.level == 2 and c.name in self.hard_guards for c in checks)
+        vetoed = self._vetoed(checks)
         with_tokens = query_tokens is not None and candidate_tokens is not None
         feats = features(query, candidate, similarity, query_tokens, candidate_tokens,
                          self.align_bound, checks)  # fmt: skip
