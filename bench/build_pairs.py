@@ -63,44 +63,13 @@ def log(message: str) -> None:
 # --------------------------------------------------------------------------- encoder
 
 
-class Encoder:
-    """MiniLM through sentence-transformers, with the contract of inference.embeddings:
-    `embed(texts)` -> (n, 384) L2-normalised float32; `token_embeddings(text)` ->
-    (wordpiece tokens, (n_tokens, 384) L2-normalised) without CLS/SEP."""
-
-    def __init__(self, model: Any) -> None:
-        self._model = model
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        return self.encode_full(texts)[0]
-
-    def token_embeddings(self, text: str) -> tuple[list[str], np.ndarray]:
-        return self.encode_full([text])[1][0]
-
-    def encode_full(
-        self, texts: Sequence[str]
-    ) -> tuple[np.ndarray, list[tuple[list[str], np.ndarray]]]:
-        """Sentence vectors and token vectors from one forward pass."""
-        outs = self._model.encode(list(texts), batch_size=32, output_value=None)
-        tokenizer = self._model.tokenizer
-        sent = np.zeros((len(texts), 384), dtype=np.float32)
-        tokens_out = []
-        for i, out in enumerate(outs):
-            v = out["sentence_embedding"].detach().cpu().numpy()
-            sent[i] = v / max(float(np.linalg.norm(v)), 1e-9)
-            n = int(out["attention_mask"].sum())
-            ids = out["input_ids"][1 : n - 1].tolist()
-            mat = out["token_embeddings"][1 : n - 1].detach().cpu().numpy().astype(np.float32)
-            mat /= np.maximum(np.linalg.norm(mat, axis=1, keepdims=True), 1e-9)
-            tokens_out.append((tokenizer.convert_ids_to_tokens(ids), mat))
-        return sent, tokens_out
-
-
 class ServingEncoder:
     """The embedder that serves (`inference.embeddings.load_embedder()`: ONNX int8, one
-    intra-op thread), behind the same `encode_full` contract as `Encoder`. Sentence and
-    token vectors come from one forward pass per text, exactly as the embedder computes
-    them for a request, so the benches judge the vectors the verifier will see."""
+    intra-op thread): `embed(texts)` -> (n, 384) L2-normalised float32;
+    `token_embeddings(text)` -> (wordpiece tokens, (n_tokens, 384) L2-normalised) without
+    CLS/SEP; `encode_full` gives both, from one forward pass per text, exactly as the
+    embedder computes them for a request, so the benches judge the vectors the verifier
+    will see."""
 
     def __init__(self, embedder: Any) -> None:
         self._embedder = embedder
@@ -137,7 +106,7 @@ class EmbeddingStore:
     plain arrays + a JSON token list: no pickle). The model is loaded only on a miss."""
 
     def __init__(
-        self, path: Path = CACHE_FILE, encoder: Encoder | ServingEncoder | None = None
+        self, path: Path = CACHE_FILE, encoder: ServingEncoder | None = None
     ) -> None:
         self.path = path
         self._encoder = encoder
@@ -154,7 +123,7 @@ class EmbeddingStore:
                 self.tokens[text] = (toks, tok[offsets[i] : offsets[i + 1]])
 
     @property
-    def encoder(self) -> Encoder | ServingEncoder:
+    def encoder(self) -> ServingEncoder:
         if self._encoder is None:
             self._encoder = load_encoder()
         return self._encoder
