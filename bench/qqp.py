@@ -1,0 +1,93 @@
+"""The public question pairs (../shared/data/question_pairs_train.jsonl.gz), split by question.
+
+64,457 labelled pairs {a, b, duplicate} from Quora's Question Pairs release (via GPTCache's
+benchmark data). Questions that share a pair form a connected component; a whole component
+goes to one split, so no question is on two sides:
+
+- `train` (80% of components): the pair model is trained on it;
+- `val` (10%): thresholds and the operating point are chosen on it;
+- `test` (10%): reported only, never used to choose anything.
+
+The split is a hash of the component's smallest normalised question: stable across runs and
+machines. The raw pairs are not copied into the repository (their terms are Quora's); the
+path can be moved with FLOCK_SHARED_DATA.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("FLOCK_SHARED_DATA", ROOT.parent / "shared" / "data"))
+QQP_TRAIN = SHARED_DATA / "question_pairs_train.jsonl.gz"
+SPLITS = (("train", 0.8), ("val", 0.1), ("test", 0.1))
+
+
+@dataclass(frozen=True)
+class Pair:
+    a: str
+    b: str
+    same: bool
+    kind: str = "qqp"
+    split: str = ""
+
+
+def key(text: str) -> str:
+    return " ".join(re.findall(r"\w+", text.casefold()))
+
+
+def _split_of(component: str) -> str:
+    digest = hashlib.sha256(component.encode()).digest()
+    x = int.from_bytes(digest[:8], "big") / 2**64
+    edge = 0.0
+    for name, share in SPLITS:
+        edge += share
+        if x < edge:
+            return name
+    return SPLITS[-1][0]
+
+
+def _rows(path: Path) -> Iterator[dict[str, object]]:
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                yield json.loads(line)
+
+
+def load(path: Path = QQP_TRAIN) -> list[Pair]:
+    """Every pair with its split ("train", "val" or "test")."""
+    rows = [(str(r["a"]), str(r["b"]), bool(r["duplicate"])) for r in _rows(path)]
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b, _ in rows:
+        ra, rb = find(key(a)), find(key(b))
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)  # the root is the component's smallest question
+    return [Pair(a, b, same, "qqp", _split_of(find(key(a)))) for a, b, same in rows]
+
+
+def by_split(pairs: list[Pair]) -> dict[str, list[Pair]]:
+    out: dict[str, list[Pair]] = {name: [] for name, _ in SPLITS}
+    for p in pairs:
+        out[p.split].append(p)
+    return out
+
+
+if __name__ == "__main__":
+    parts = by_split(load())
+    for name, rows in parts.items():
+        print(name, len(rows), sum(p.same for p in rows))
