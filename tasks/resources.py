@@ -30,7 +30,7 @@ from inference import (
     TransientLLMError,
     load_embedder,
 )
-from tasks.app import app
+from settings import Settings, current
 
 
 @dataclass(frozen=True)
@@ -85,12 +85,12 @@ def resources() -> Resources:
 
 
 def _build() -> Resources:
-    conf = app.conf
-    client = redis.Redis.from_url(conf.flock_redis_url, health_check_interval=30)
+    conf = current()
+    client = redis.Redis.from_url(conf.redis_url, health_check_interval=30)
     prefix = conf.flock_key_prefix
-    lease = Lease(client, prefix, conf.flock_lock_lease_ms)
+    lease = Lease(client, prefix, conf.lock_lease_ms)
     pool = ConnectionPool(
-        conf.flock_database_url, min_size=1, max_size=4, kwargs={"autocommit": True}, open=True
+        conf.database_url, min_size=1, max_size=4, kwargs={"autocommit": True}, open=True
     )
     repo = CacheRepo(pool)
     llm, backend = _llm(conf)
@@ -106,11 +106,11 @@ def _build() -> Resources:
         embeddings=EmbeddingCache(client, prefix),
         tokens=TokenWriter(client, prefix),
         llm=llm,
-        max_retries=conf.flock_llm_max_retries,
-        retry_backoff_s=conf.flock_llm_retry_backoff_s,
-        embed_cache_dir=conf.flock_embed_cache_dir,
+        max_retries=conf.llm_max_retries,
+        retry_backoff_s=conf.llm_retry_backoff_s,
+        embed_cache_dir=conf.embed_cache_dir,
         verifier=Verifier(),
-        llm_band=conf.flock_llm_verify_band,
+        llm_band=conf.llm_verify_band,
     )
 
 
@@ -127,23 +127,21 @@ class LLM(Protocol):
     ) -> Completion: ...
 
 
-def _llm(conf: Any) -> tuple[LLM, str]:
+def _llm(conf: Settings) -> tuple[LLM, str]:
     """LLM_BACKEND: `ollama`, `embedded` (SmolLM2-135M in this process), or `auto`: Ollama
     when it answers, else the embedded demo model."""
-    ollama = OllamaClient(conf.flock_ollama_url, read_timeout_s=conf.flock_llm_timeout_s)
-    choice = conf.flock_llm_backend
+    ollama = OllamaClient(conf.ollama_url, read_timeout_s=conf.llm_timeout_s)
+    choice = conf.llm_backend
     if choice == "auto":
         try:
             ollama.version()
             choice = "ollama"
         except TransientLLMError:
             log.warning("Ollama does not answer at %s: using the embedded demo model",
-                        conf.flock_ollama_url)  # fmt: skip
+                        conf.ollama_url)  # fmt: skip
             choice = "embedded"
     if choice == "embedded":
         return EmbeddedLLM(name=DEFAULT_MODEL_NAME), "embedded"
-    if choice != "ollama":
-        raise ValueError(f"LLM_BACKEND must be ollama, embedded or auto, not {choice!r}")
     return ollama, "ollama"
 
 

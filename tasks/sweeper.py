@@ -15,7 +15,7 @@ from celery.signals import worker_ready
 from cache import ExactStore, SemanticIndex
 from cache.repo import CacheRepo
 from cache.store import forget_everywhere
-from tasks.app import app
+from settings import current
 from tasks.resources import resources
 
 log = logging.getLogger(__name__)
@@ -43,10 +43,10 @@ def _run(interval_s: float, max_entries: int) -> None:
 
 @worker_ready.connect
 def _start(**_: object) -> None:
-    conf = app.conf
+    conf = current()
     threading.Thread(
         target=_run,
-        args=(conf.flock_evict_interval_s, conf.flock_cache_max_entries),
+        args=(conf.evict_interval_s, conf.cache_max_entries),
         name="sweeper",
         daemon=True,
     ).start()

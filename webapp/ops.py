@@ -41,8 +41,8 @@ def public_config():
     # No login: the sign-in page shows the backend note too, and nothing here is secret.
     return jsonify(
         {
-            "flower_url": current_app.config.get("FLOWER_URL") or None,
-            "llm_backend": current_app.config.get("LLM_BACKEND", "ollama"),
+            "flower_url": current_app.config["FLOWER_URL"] or None,
+            "llm_backend": current_app.config["LLM_BACKEND"],
         }
     )
 
@@ -57,14 +57,14 @@ def metrics_view():
 @bp.get("/readyz")
 def readyz():
     cfg = current_app.config
-    backend = cfg.get("LLM_BACKEND", "ollama")
+    backend = cfg["LLM_BACKEND"]
     probes: dict[str, Callable[[], Any]] = {
         "redis": partial(_redis, cfg["REDIS_URL"]),
         "postgres": partial(_postgres, db.pool()),
         "workers": partial(_workers, cfg["CELERY_BROKER_URL"]),
     }
     if backend != "embedded":
-        probes["llm_backend"] = partial(_ollama, cfg.get("OLLAMA_URL", "http://127.0.0.1:11434"))
+        probes["llm_backend"] = partial(_ollama, cfg["OLLAMA_URL"])
     results = _run(probes, READY_TIMEOUT_S)
 
     ping = results.pop("workers")
