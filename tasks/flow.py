@@ -124,7 +124,7 @@ def embed(res: Resources, job: dict[str, Any]) -> None:
         model = res.embedder()
         vectors, computed = res.embeddings.embed(model.name, job["texts"], model.embed)
         res.redis.set(
-            f"{res.store.prefix}embres:{key}",
+            res.keys.embres(key),
             json.dumps({"model": model.name, "computed": computed, "vectors": vectors.tolist()}),
             ex=60,
         )

@@ -17,7 +17,7 @@ import redis
 from celery.signals import celeryd_init, worker_process_init, worker_ready
 from psycopg_pool import ConnectionPool
 
-from cache import EmbeddingCache, ExactStore, InFlightPrompts, Lease, SemanticIndex
+from cache import EmbeddingCache, ExactStore, InFlightPrompts, Keyspace, Lease, SemanticIndex
 from cache.repo import CacheRepo
 from cache.tokens import TokenWriter
 from cache.verify import Verifier
@@ -36,6 +36,7 @@ from settings import Settings, current
 @dataclass(frozen=True)
 class Resources:
     redis: redis.Redis
+    keys: Keyspace
     lease: Lease
     store: ExactStore
     repo: CacheRepo
@@ -53,7 +54,7 @@ class Resources:
     def namespace_threshold(self, namespace: str) -> float:
         """What wrong hits raised this namespace's threshold to (0 when none did). Kept in
         Redis for every lookup; reloaded from PostgreSQL when Redis lost it."""
-        key = f"{self.store.prefix}nsthreshold"
+        key = self.keys.nsthreshold
         value, loaded = self.redis.hmget(key, [namespace, "_loaded"])
         if loaded is None:
             self.redis.hset(key, mapping={"_loaded": "1", **{
@@ -87,25 +88,23 @@ def resources() -> Resources:
 def _build() -> Resources:
     conf = current()
     client = redis.Redis.from_url(conf.redis_url, health_check_interval=30)
-    prefix = conf.flock_key_prefix
-    lease = Lease(client, prefix, conf.lock_lease_ms)
+    keys = Keyspace(conf.flock_key_prefix)
+    lease = Lease(client, keys, conf.lock_lease_ms)
     pool = ConnectionPool(
         conf.database_url, min_size=1, max_size=4, kwargs={"autocommit": True}, open=True
     )
     repo = CacheRepo(pool)
-    llm, backend = _llm(conf)
-    # The web shows which backend answers (the UI says so when it is the tiny demo model).
-    client.set(f"{prefix}llm:backend", backend)
     return Resources(
         redis=client,
+        keys=keys,
         lease=lease,
-        store=ExactStore(client, prefix, lease),
+        store=ExactStore(client, keys, lease),
         repo=repo,
-        index=SemanticIndex(client, prefix, repo.vectors),
-        inflight=InFlightPrompts(client, prefix),
-        embeddings=EmbeddingCache(client, prefix),
-        tokens=TokenWriter(client, prefix),
-        llm=llm,
+        index=SemanticIndex(client, keys, repo.vectors),
+        inflight=InFlightPrompts(client, keys),
+        embeddings=EmbeddingCache(client, keys),
+        tokens=TokenWriter(client, keys),
+        llm=_llm(conf),
         max_retries=conf.llm_max_retries,
         retry_backoff_s=conf.llm_retry_backoff_s,
         embed_cache_dir=conf.embed_cache_dir,
@@ -127,7 +126,7 @@ class LLM(Protocol):
     ) -> Completion: ...
 
 
-def _llm(conf: Settings) -> tuple[LLM, str]:
+def _llm(conf: Settings) -> LLM:
     """LLM_BACKEND: `ollama`, `embedded` (SmolLM2-135M in this process), or `auto`: Ollama
     when it answers, else the embedded demo model."""
     ollama = OllamaClient(conf.ollama_url, read_timeout_s=conf.llm_timeout_s)
@@ -141,8 +140,8 @@ def _llm(conf: Settings) -> tuple[LLM, str]:
                         conf.ollama_url)  # fmt: skip
             choice = "embedded"
     if choice == "embedded":
-        return EmbeddedLLM(name=DEFAULT_MODEL_NAME), "embedded"
-    return ollama, "ollama"
+        return EmbeddedLLM(name=DEFAULT_MODEL_NAME)
+    return ollama
 
 
 # Which queues this worker consumes, recorded in the main process before any fork.

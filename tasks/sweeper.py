@@ -33,8 +33,7 @@ def _run(interval_s: float, max_entries: int) -> None:
     while True:
         try:
             res = resources()
-            lock = f"{res.store.prefix}sweep"
-            if res.redis.set(lock, "1", nx=True, px=int(interval_s * 1000)):
+            if res.redis.set(res.keys.sweep, "1", nx=True, px=int(interval_s * 1000)):
                 sweep(res.repo, res.store, res.index, max_entries)
         except Exception as exc:  # the next round may find Redis or PostgreSQL back
             log.error("sweep failed: %s", exc)

@@ -88,7 +88,7 @@ def _from_api_key() -> User | None:
     known = remembered(digest)
     if known is not None:
         return known
-    cache_key = f"{services().store.prefix}apikey:{digest}"
+    cache_key = services().keys.apikey(digest)
     cached = services().redis.get(cache_key)
     if cached is not None:
         if cached == b"":
@@ -253,7 +253,7 @@ def revoke_key(key_id: int):
         ).fetchone()
     if row is None:
         raise NotFound("no such active key")
-    services().redis.delete(f"{services().store.prefix}apikey:{row[0]}")
+    services().redis.delete(services().keys.apikey(row[0]))
     _recent_keys.pop(row[0], None)  # other processes forget it within _KEY_MEMORY_S
     return jsonify({"id": key_id, "revoked": True})
 

@@ -129,7 +129,7 @@ def submit(
 def poll(svc: Services, job_id: str, user_id: int) -> Answer | None:
     """The job's answer, None while pending; raises its error. Watches the lease like a
     waiting request: a dead worker's job is dispatched again."""
-    raw = svc.redis.get(f"{svc.store.prefix}job:{job_id}")
+    raw = svc.redis.get(svc.keys.job(job_id))
     record = json.loads(raw) if raw else None
     if record is None or record["user_id"] != user_id:
         raise NotFound("no such job of yours")
@@ -164,7 +164,7 @@ def _advance(svc: Services, record: dict[str, Any], holder: str | None = None) -
 
 
 def _save(svc: Services, job_id: str, record: dict[str, Any]) -> None:
-    svc.redis.set(f"{svc.store.prefix}job:{job_id}", json.dumps(record), ex=JOB_TTL_S)
+    svc.redis.set(svc.keys.job(job_id), json.dumps(record), ex=JOB_TTL_S)
 
 
 def _wait(

@@ -50,7 +50,7 @@ def embed_texts(texts: list[str]) -> dict[str, Any]:
             raise WaitTimeout("no embedder answered in time") from exc
     if outcome.error_code:
         raise BadRequest(outcome.error_message or "embedding failed", code=outcome.error_code)
-    raw = svc.redis.get(f"{svc.store.prefix}embres:{job_id}")
+    raw = svc.redis.get(svc.keys.embres(job_id))
     if raw is None:
         raise WaitTimeout("the embedding result expired before it was read")
     return json.loads(raw)

@@ -172,7 +172,7 @@ def _tighten(namespace: str, similarity: float) -> float:
             " RETURNING threshold",
             (namespace, wanted),
         ).fetchone()
-    services().redis.hset(f"{services().store.prefix}nsthreshold", namespace, str(threshold))
+    services().redis.hset(services().keys.nsthreshold, namespace, str(threshold))
     return float(threshold)
 
 

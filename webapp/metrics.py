@@ -24,6 +24,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from cache import Keyspace
+
 log = logging.getLogger(__name__)
 
 OUTCOMES = ("exact", "semantic", "coalesced", "miss", "error")
@@ -77,8 +79,8 @@ def timed_redis(url: str) -> redis.Redis:
 class RedisGauges(Collector):
     """In-flight leases (lock keys in the cache Redis) and queue depths (broker lists)."""
 
-    def __init__(self, cache_url: str, key_prefix: str, broker_url: str) -> None:
-        self.cache_url, self.key_prefix, self.broker_url = cache_url, key_prefix, broker_url
+    def __init__(self, cache_url: str, keys: Keyspace, broker_url: str) -> None:
+        self.cache_url, self.keys, self.broker_url = cache_url, keys, broker_url
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         leases = GaugeMetricFamily(
@@ -102,7 +104,7 @@ class RedisGauges(Collector):
     def _count_leases(self) -> int:
         client = timed_redis(self.cache_url)
         n = 0
-        for _ in client.scan_iter(match=f"{self.key_prefix}lock:*", count=1000):
+        for _ in client.scan_iter(match=self.keys.lock_pattern, count=1000):
             n += 1
             if n >= MAX_LEASES_COUNTED:
                 break

@@ -23,6 +23,7 @@ from psycopg_pool import ConnectionPool
 
 from tasks.app import app as celery_app
 from webapp import db, metrics
+from webapp.services import services
 
 bp = Blueprint("ops", __name__)
 
@@ -50,7 +51,7 @@ def public_config():
 @bp.get("/metrics")
 def metrics_view():
     cfg = current_app.config
-    gauges = metrics.RedisGauges(cfg["REDIS_URL"], cfg["KEY_PREFIX"], cfg["CELERY_BROKER_URL"])
+    gauges = metrics.RedisGauges(cfg["REDIS_URL"], services().keys, cfg["CELERY_BROKER_URL"])
     return Response(metrics.render(gauges), content_type=CONTENT_TYPE_LATEST)
 
 
