@@ -15,6 +15,7 @@ from typing import Any
 import redis
 
 from cache.entry import Entry, Outcome
+from cache.job import COALESCED
 from cache.keyspace import Keyspace
 from cache.lease import Follower, Lease, followers
 from cache.repo import Removed
@@ -85,7 +86,7 @@ class ExactStore:
                     mine = replace(
                         outcome,
                         attempt=f.attempt,
-                        status="coalesced",
+                        status=COALESCED,  # generated for the prompt it followed
                         similarity=f.similarity,
                         matched_prompt=outcome.entry.prompt if outcome.entry else None,
                     )

@@ -10,7 +10,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
 from cache.keys import CacheKey
-from webapp import chat, metrics, streaming
+from webapp import chat, jobs, metrics, streaming
 from webapp.auth import User, current_user
 from webapp.errors import ApiError, BadRequest, RateLimited
 from webapp.schemas import ChatRequest
@@ -74,12 +74,12 @@ def chat_view():
             f"over {cfg['REQUESTS_PER_MINUTE']} requests a minute", retry_after_s=int(wait_s)
         )
 
+    question = chat.Question(req, key, user.id, ttl_s, threshold, cfg["REQUEST_TIMEOUT_S"])
+    looked = chat.Lookup(cached) if lookup else None
+
     def ask(progress: chat.Progress | None = None) -> chat.Answer:
         try:
-            answer = chat.ask(
-                svc, req, key, user.id, ttl_s, threshold, cfg["REQUEST_TIMEOUT_S"], progress,
-                cached=cached if lookup else False,
-            )  # fmt: skip
+            answer = chat.ask(svc, question, progress, looked)
         except ApiError as exc:
             if exc.status >= 500:
                 log_answer(svc, answer_id, user, req, started, outcome="error", error_code=exc.code)
@@ -90,7 +90,7 @@ def chat_view():
     if not req.wait:
         if req.stream:
             raise BadRequest("'stream' and 'wait': false do not go together")
-        job_id = chat.submit(svc, req, key, user.id, ttl_s, threshold)
+        job_id = jobs.submit(svc, question)
         return jsonify({"id": job_id, "state": "pending", "url": f"/api/v1/jobs/{job_id}"}), 202
     if req.stream:
         return Response(
@@ -109,7 +109,7 @@ def job_view(job_id: str):
     started = time.perf_counter()
     user = authorize()
     try:
-        answer = chat.poll(services(), job_id, user.id)
+        answer = jobs.poll(services(), job_id, user.id)
     except ApiError as exc:
         if exc.status == 404:
             raise

@@ -81,8 +81,9 @@ class Call:
     def ask(self, progress: chat.Progress | None = None) -> chat.Answer:
         args = (self.svc, self.id, self.user, self.req, self.started)
         try:
-            answer = chat.ask(self.svc, self.req, self.key, self.user.id, self.ttl_s,
-                              self.threshold, self.timeout_s, progress)  # fmt: skip
+            question = chat.Question(self.req, self.key, self.user.id, self.ttl_s,
+                                     self.threshold, self.timeout_s)  # fmt: skip
+            answer = chat.ask(self.svc, question, progress)
         except ApiError as exc:
             if exc.status >= 500:  # as the native API: client mistakes are not logged
                 log_answer(*args, outcome="error", error_code=exc.code)

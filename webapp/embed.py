@@ -14,6 +14,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 
+from cache.job import EmbedJob
 from webapp.api import authorize
 from webapp.errors import BadRequest, TooLarge, WaitTimeout
 from webapp.services import services
@@ -43,7 +44,7 @@ def embed_texts(texts: list[str]) -> dict[str, Any]:
     job_id = f"embed-{uuid.uuid4().hex}"
     svc.hub.start()
     with svc.hub.watch(job_id) as box:
-        svc.dispatch("flock.embed", {"id": job_id, "texts": texts}, queue="embed")
+        svc.dispatch("flock.embed", EmbedJob(job_id, texts).to_payload(), queue="embed")
         try:
             outcome = box.get(timeout=current_app.config["REQUEST_TIMEOUT_S"])
         except queue.Empty as exc:

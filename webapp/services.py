@@ -45,8 +45,9 @@ class Services:
     def forget(self, removed: list[Removed]) -> None:
         forget_everywhere(removed, self.store, self.index)
 
-    def dispatch(self, task: str, job: dict[str, Any], queue: str) -> None:
-        celery_app.send_task(task, args=[job], queue=queue)
+    def dispatch(self, task: str, payload: dict[str, Any], queue: str) -> None:
+        """Send a task by name (a job's payload: cache.job): no task module is loaded here."""
+        celery_app.send_task(task, args=[payload], queue=queue)
 
 
 def init_app(app: Flask) -> None:
