@@ -79,3 +79,15 @@ def test_every_setting_is_documented():
     readme = (ROOT / "README.md").read_text()
     assert sorted(n for n in names if f"{n}=" not in sample) == []
     assert sorted(n for n in names if f"`{n}`" not in readme) == []
+
+
+def test_the_surfaces_stand_side_by_side():
+    """Each HTTP surface is a thin adapter on webapp/call.py; none imports another."""
+    surfaces = {"api", "compat_openai", "compat_ollama", "fastpath", "embed"}
+    bad = []
+    for name in sorted(surfaces):
+        for imported in _imports(ROOT / "webapp" / f"{name}.py"):
+            parts = imported.split(".")
+            if parts[0] == "webapp" and len(parts) > 1 and parts[1] in surfaces - {name}:
+                bad.append(f"webapp/{name}.py imports {imported}")
+    assert bad == []

@@ -217,10 +217,6 @@ def test_observe_answer_counts_by_outcome():
     assert value("flock_request_latency_seconds_bucket", outcome="exact", le="0.0025") >= 1
 
 
-@pytest.mark.skipif(
-    "observe_answer" not in (ROOT / "webapp" / "api.py").read_text(),
-    reason="webapp/api.py does not call metrics.observe_answer yet",
-)
 def test_metrics_count_answers_across_web_processes(stack, stack_env, logdir, tmp_path):
     """Two gunicorn workers in multiprocess mode: a scrape of either shows all answers."""
     multiproc = tmp_path / "prometheus"

@@ -19,18 +19,13 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from kombu.exceptions import OperationalError
+from kombu.exceptions import OperationalError as BrokerError
 
 from cache import CacheKey, Entry, Outcome
 from cache.job import EXACT, Job, served_by, status
-from webapp.errors import ApiError, LLMFailed, WaitTimeout
+from webapp.errors import LLMFailed, WaitTimeout
 from webapp.schemas import ChatRequest
 from webapp.services import Services
-
-
-class BrokerUnavailable(ApiError):
-    status = 503
-    code = "broker_unavailable"
 
 
 @dataclass(frozen=True)
@@ -178,7 +173,7 @@ def take_lease(svc: Services, job: Job, mine: set[str]) -> None:
         return
     try:
         svc.dispatch("flock.answer", replace(job, attempt=attempt).to_payload(), queue="embed")
-    except OperationalError as exc:
+    except BrokerError:  # a 503 (webapp.errors); nobody is left holding a lease for nothing
         svc.lease.release(job.key, attempt)
-        raise BrokerUnavailable(f"cannot reach the task broker: {exc}") from exc
+        raise
     mine.add(attempt)

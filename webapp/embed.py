@@ -15,7 +15,7 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify, request
 
 from cache.job import EmbedJob
-from webapp.api import authorize
+from webapp.call import authorize
 from webapp.errors import BadRequest, TooLarge, WaitTimeout
 from webapp.services import services
 

@@ -93,7 +93,7 @@ def invalidate_entry(entry_id: str):
     user = current_user()
     if not user.is_admin and row["owner_id"] != user.id:
         raise Forbidden("only the user who caused an entry, or an admin, may invalidate it")
-    removed = services().repo.invalidate("id = %s", (entry_id,), "invalidated")
+    removed = services().repo.invalidate("invalidated", entry_id=entry_id)
     services().forget(removed)
     return jsonify({"invalidated": [r.id for r in removed]})
 
@@ -104,19 +104,14 @@ def invalidate_many():
     body = request.get_json(silent=True)
     if not isinstance(body, dict) or not ({"model", "older_than_s"} & set(body)):
         raise BadRequest("give 'model' and/or 'older_than_s'")
-    clauses, args = [], []
-    if "model" in body:
-        if not isinstance(body["model"], str):
-            raise BadRequest("'model' must be a string")
-        clauses.append("model = %s")
-        args.append(body["model"])
-    if "older_than_s" in body:
-        age = body["older_than_s"]
-        if isinstance(age, bool) or not isinstance(age, int | float) or age < 0:
-            raise BadRequest("'older_than_s' must be a non-negative number")
-        clauses.append("created_at < now() - make_interval(secs => %s)")
-        args.append(age)
-    removed = services().repo.invalidate(" AND ".join(clauses), tuple(args), "invalidated")
+    model, age = body.get("model"), body.get("older_than_s")
+    if "model" in body and not isinstance(model, str):
+        raise BadRequest("'model' must be a string")
+    if "older_than_s" in body and (
+        isinstance(age, bool) or not isinstance(age, int | float) or age < 0
+    ):
+        raise BadRequest("'older_than_s' must be a non-negative number")
+    removed = services().repo.invalidate("invalidated", model=model, older_than_s=age)
     services().forget(removed)
     return jsonify({"invalidated": len(removed)})
 
@@ -143,7 +138,7 @@ def feedback():
         )  # fmt: skip
     if body["good"]:
         return jsonify({"id": body["id"], "recorded": True, "invalidated": []})
-    removed = services().repo.invalidate("id = %s", (row["entry_id"],), "feedback")
+    removed = services().repo.invalidate("feedback", entry_id=row["entry_id"])
     services().forget(removed)
     threshold = None
     if semantic and row["similarity"] is not None:
