@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
+from flask.typing import ResponseReturnValue
 
 from webapp import chat, jobs, streaming
 from webapp.auth import current_user
@@ -18,7 +19,7 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 
 @bp.post("/chat")
-def chat_view():
+def chat_view() -> ResponseReturnValue:
     started = request.environ.get(STARTED) or time.perf_counter()
     user = current_user()
     body = request.get_json(silent=True)
@@ -62,7 +63,7 @@ def _events(call: Call, lookup: chat.Lookup | None) -> Iterator[str]:
 
 
 @bp.get("/jobs/<job_id>")
-def job_view(job_id: str):
+def job_view(job_id: str) -> ResponseReturnValue:
     started = time.perf_counter()
     user = authorize()
     try:

@@ -22,6 +22,7 @@ from typing import Any
 
 import requests
 from flask import Blueprint, Response, current_app, jsonify, stream_with_context
+from flask.typing import ResponseReturnValue
 
 from cache import Entry
 from webapp.auth import User, current_user
@@ -52,7 +53,7 @@ _UNSUPPORTED = {
 
 
 @bp.post("/chat")
-def chat_view():
+def chat_view() -> ResponseReturnValue:
     started = time.perf_counter()
     user = current_user()
     body = _body("chat")
@@ -67,7 +68,7 @@ def chat_view():
 
 
 @bp.post("/generate")
-def generate_view():
+def generate_view() -> ResponseReturnValue:
     started = time.perf_counter()
     user = current_user()
     body = _body("generate")
@@ -155,7 +156,7 @@ def _line(obj: dict[str, Any]) -> str:
 
 
 @bp.get("/tags")
-def tags():
+def tags() -> ResponseReturnValue:
     user = current_user()
     try:
         return jsonify(_upstream("tags"))
@@ -170,7 +171,7 @@ def tags():
 
 
 @bp.get("/version")
-def version():
+def version() -> ResponseReturnValue:
     current_user()
     try:
         return jsonify({"version": _upstream("version")["version"]})

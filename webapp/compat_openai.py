@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, stream_with_context
+from flask.typing import ResponseReturnValue
 
 from cache import Entry
 from webapp.auth import current_user
@@ -71,7 +72,7 @@ register_errors(bp, _openai_error)
 
 
 @bp.post("/chat/completions")
-def chat_completions():
+def chat_completions() -> ResponseReturnValue:
     started = time.perf_counter()
     user = current_user()
     body = read_json()
@@ -187,7 +188,7 @@ def _sse(data: dict[str, Any]) -> str:
 
 
 @bp.get("/models")
-def models():
+def models() -> ResponseReturnValue:
     listed = cached_models(current_user())
     return jsonify({"object": "list", "data": [
         {"id": name, "object": "model", "created": int(at or 0), "owned_by": "flock"}

@@ -17,6 +17,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from functools import lru_cache
+from typing import TypeVar
 
 import redis
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -27,6 +28,7 @@ from prometheus_client.registry import Collector
 from cache import Keyspace
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 OUTCOMES = ("exact", "semantic", "coalesced", "miss", "error")
 QUEUES = ("embed", "llm")  # the Celery queues (celeryconfig.task_routes)
@@ -117,7 +119,7 @@ class RedisGauges(Collector):
         return dict(zip(QUEUES, pipe.execute(), strict=True))
 
 
-def _safely(read: Callable[[], object]):
+def _safely(read: Callable[[], T]) -> T | None:
     """A gauge whose source is down (or misconfigured) is left out of the scrape rather
     than failing it: the counters are still worth having."""
     try:

@@ -18,6 +18,7 @@ from typing import Any
 
 import requests
 from flask import Blueprint, Response, current_app, jsonify
+from flask.typing import ResponseReturnValue
 from prometheus_client import CONTENT_TYPE_LATEST
 from psycopg_pool import ConnectionPool
 
@@ -33,12 +34,12 @@ WORKER_ROLES = ("embedder", "llm")  # Procfile: -n embedder@%h, -n llm@%h
 
 
 @bp.get("/healthz")
-def healthz():
+def healthz() -> ResponseReturnValue:
     return jsonify({"status": "ok"})
 
 
 @bp.get("/api/v1/config")
-def public_config():
+def public_config() -> ResponseReturnValue:
     # No login: the sign-in page shows the backend note too, and nothing here is secret.
     return jsonify(
         {
@@ -49,14 +50,14 @@ def public_config():
 
 
 @bp.get("/metrics")
-def metrics_view():
+def metrics_view() -> ResponseReturnValue:
     cfg = current_app.config
     gauges = metrics.RedisGauges(cfg["REDIS_URL"], services().keys, cfg["CELERY_BROKER_URL"])
     return Response(metrics.render(gauges), content_type=CONTENT_TYPE_LATEST)
 
 
 @bp.get("/readyz")
-def readyz():
+def readyz() -> ResponseReturnValue:
     cfg = current_app.config
     backend = cfg["LLM_BACKEND"]
     probes: dict[str, Callable[[], Any]] = {

@@ -54,10 +54,10 @@ def init_app(app: Flask) -> None:
     cfg = app.config
     # Blocking pool: under a burst, requests wait for a free connection instead of
     # failing with "Too many connections".
-    pool = redis.BlockingConnectionPool.from_url(
+    redis_pool = redis.BlockingConnectionPool.from_url(
         cfg["REDIS_URL"], max_connections=cfg["REDIS_MAX_CONNECTIONS"], timeout=10
     )
-    client = redis.Redis(connection_pool=pool)
+    client = redis.Redis(connection_pool=redis_pool)
     keys = Keyspace(cfg["KEY_PREFIX"])
     lease = Lease(client, keys, cfg["LOCK_LEASE_MS"])
     store = ExactStore(client, keys, lease)
