@@ -41,9 +41,6 @@ from webapp.streaming import Event
 
 bp = Blueprint("compat_openai", __name__, url_prefix="/v1")
 
-
-# --- OpenAI -------------------------------------------------------------------------------
-
 # OpenAI parameters that are Ollama options of the same name, unless renamed;
 # max_completion_tokens (the newer name) wins over max_tokens.
 _NUMBERS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
