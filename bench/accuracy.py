@@ -40,7 +40,7 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +54,8 @@ from bench.build_pairs import (
     load_shared,
     normalise,
 )
-from cache import verify
-from cache.verify import Option, TokenVectors, Verdict, Verifier
+from cache.verify import DEFAULT_WEIGHTS, Option, TokenVectors, Verdict, Verifier
+from cache.verify.text import analyse
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAPS = ROOT / "bench" / "data" / "traps.jsonl"
@@ -119,12 +119,30 @@ def counts(judged: Sequence[Judged], stage: str, threshold: float) -> dict[str, 
     }
 
 
+def unbounded(verifier: Verifier) -> Verifier:
+    """`verifier` with no first stage of its own: the sweep applies cosine itself."""
+    verifier.lower_bound = 0.0
+    return verifier
+
+
+def guards_only(verifier: Verifier, verdict: Verdict) -> Verdict:
+    """The verdict as the guards alone give it (the "guards" stage): the model's check
+    left out, a hard guard's veto decides."""
+    if not any(c.name == "verifier" for c in verdict.checks):
+        return verdict  # decided before the model: the first stage, identical texts
+    checks = tuple(c for c in verdict.checks if c.name != "verifier")
+    return replace(verdict, accept=not verifier._vetoed(checks), checks=checks)
+
+
 class MemoVerifier(Verifier):
     """verify() memoised per (query, candidate): the sweep calls choose() once per
-    threshold, and with lower_bound 0 a verdict does not depend on the threshold."""
+    threshold, and with no lower bound a verdict does not depend on the threshold.
+    `guards`: the guards stage (see guards_only)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, weights: Path | None, guards: bool = False) -> None:
+        super().__init__(weights)
+        unbounded(self)
+        self.guards = guards
         self._memo: dict[tuple[str, str, bool], Verdict] = {}
 
     def verify(
@@ -137,17 +155,16 @@ class MemoVerifier(Verifier):
     ) -> Verdict:
         key = (query, candidate, query_tokens is not None and candidate_tokens is not None)
         if key not in self._memo:
-            self._memo[key] = super().verify(
-                query, candidate, similarity, query_tokens, candidate_tokens
-            )
+            verdict = super().verify(query, candidate, similarity, query_tokens, candidate_tokens)
+            self._memo[key] = guards_only(self, verdict) if self.guards else verdict
         return self._memo[key]
 
 
 def make_verifiers(weights: Path | None) -> dict[str, Verifier]:
     return {
-        "guards": MemoVerifier(weights, lower_bound=0.0, use_model=False),
-        "verifier": MemoVerifier(weights, lower_bound=0.0),
-        "verifier_text": MemoVerifier(weights, lower_bound=0.0),
+        "guards": MemoVerifier(weights, guards=True),
+        "verifier": MemoVerifier(weights),
+        "verifier_text": MemoVerifier(weights),
     }
 
 
@@ -244,7 +261,7 @@ def time_verifier(store: EmbeddingStore, verifier: Verifier, pairs: Sequence[tup
     for a, b in pairs:
         ta, tb = store.tokens[a], store.tokens[b]
         cos = store.cosine(a, b)
-        verify._analyse.cache_clear()
+        analyse.cache_clear()
         t0 = time.perf_counter()
         verifier.verify(a, b, cos, ta, tb)
         cold.append(time.perf_counter() - t0)
@@ -337,14 +354,14 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     summary: dict[str, Any] = {
         "target_precision": args.target_precision,
-        "weights": str(args.weights or verify.DEFAULT_WEIGHTS),
+        "weights": str(args.weights or DEFAULT_WEIGHTS),
         "fold_weights": str(args.fold_weights) if args.fold_weights else None,
         "lower_bound": Verifier(args.weights).lower_bound,
         "operating_points": chosen,
         "sweep": sweep,
     }
     if not args.no_timing:
-        plain = Verifier(args.weights, lower_bound=0.0)  # not memoised
+        plain = unbounded(Verifier(args.weights))  # not memoised
         timing = time_verifier(store, plain, [(a, b) for a, b, _ in sources["traps"]])
         timing_long = time_verifier(store, plain, [(s, o) for o, s, _ in sources["shared"][:300]])
         log(f"second stage cost per candidate: questions {timing}, statements {timing_long}")

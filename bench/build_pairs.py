@@ -1,4 +1,4 @@
-"""Build the labelled pairs the verifier (cache/verify.py) is trained and tested on.
+"""Build the labelled pairs the verifier (cache/verify/) is trained and tested on.
 
 Source: the shared paraphrase set (question/statement + its paraphrase, 999 pairs).
 From each source pair we make:

@@ -1,7 +1,7 @@
-"""Train the second-stage verifier and write cache/verifier.json.
+"""Train the second-stage verifier and write cache/verify/verifier.json.
 
-    python -m bench.train_verifier [--pairs var/verifier/pairs.jsonl] [--out cache/verifier.json]
-                                   [--model mlp|lr] [--folds]
+    python -m bench.train_verifier [--pairs var/verifier/pairs.jsonl]
+                                   [--out cache/verify/verifier.json] [--model mlp|lr] [--folds]
 
 1. Pairs come from bench/build_pairs.py (built first if missing), in folds by source pair.
 2. Features come from cache.verify.features, the very code that serves.
@@ -10,7 +10,7 @@
 4. Two models: "tokens" (with the MiniLM token alignment) and "text" (guards and
    cosine only, for callers without token vectors). Each is a small perceptron (one
    tanh hidden layer) or a logistic regression, fitted here in numpy (no sklearn);
-   weights are plain JSON read by cache/verify.py.
+   weights are plain JSON read by cache/verify/model.py.
 5. The acceptance threshold of each is chosen on out-of-fold predictions of the
    rows it is fitted on (grouped by source pair): the highest threshold that still
    keeps --keep-recall of the true paraphrases the guards let through. The

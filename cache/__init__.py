@@ -7,6 +7,7 @@ from cache.embcache import EmbeddingCache
 from cache.entry import Entry, Outcome
 from cache.inflight import InFlightPrompts
 from cache.keys import CacheKey, normalise_text
+from cache.keyspace import Keyspace
 from cache.lease import Follower, Lease
 from cache.semantic import Candidate, SemanticIndex
 from cache.store import ExactStore
@@ -20,6 +21,7 @@ __all__ = [
     "ExactStore",
     "Follower",
     "InFlightPrompts",
+    "Keyspace",
     "Lease",
     "Outcome",
     "SemanticIndex",

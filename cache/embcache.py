@@ -10,17 +10,18 @@ from typing import Any
 import numpy as np
 import redis
 
+from cache.keyspace import Keyspace
 from cache.semantic import pack, unpack
 
 
 class EmbeddingCache:
-    def __init__(self, client: redis.Redis, prefix: str, ttl_s: int = 30 * 24 * 3600) -> None:
+    def __init__(self, client: redis.Redis, keys: Keyspace, ttl_s: int = 30 * 24 * 3600) -> None:
         self.client = client
-        self.prefix = f"{prefix}emb:"
+        self.keys = keys
         self.ttl_s = ttl_s
 
     def _key(self, model: str, text: str) -> str:
-        return f"{self.prefix}{model}:{hashlib.sha256(text.encode()).hexdigest()}"
+        return self.keys.emb(model, _sha(text))
 
     def embed(
         self, model: str, texts: Sequence[str], compute: Callable[[list[str]], np.ndarray]
@@ -73,7 +74,11 @@ class EmbeddingCache:
         return tokens, np.asarray(vectors, dtype=np.float32)
 
     def _tok_key(self, model: str, text: str) -> str:
-        return self._key(model, text).replace(":emb:", ":tok:", 1)
+        return self.keys.tok(model, _sha(text))
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _pack_tokens(tokens: list[str], vectors: np.ndarray) -> bytes:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import redis
 
+from cache.keyspace import Keyspace
 from cache.semantic import pack, unpack
 
 
@@ -28,13 +29,10 @@ class InFlight:
 
 
 class InFlightPrompts:
-    def __init__(self, client: redis.Redis, prefix: str, max_age_s: float = 600) -> None:
+    def __init__(self, client: redis.Redis, keys: Keyspace, max_age_s: float = 600) -> None:
         self.client = client
-        self.prefix = prefix
+        self._stream = keys.inflight
         self.max_age_s = max_age_s
-
-    def _stream(self, namespace: str) -> str:
-        return f"{self.prefix}inflight:{namespace}"
 
     def announce(self, namespace: str, key: str, prompt: str, vector: np.ndarray) -> str:
         stream = self._stream(namespace)

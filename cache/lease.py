@@ -25,6 +25,8 @@ from typing import Any
 
 import redis
 
+from cache.keyspace import Keyspace
+
 # KEYS[1] lock key; ARGV[1] attempt; ARGV[2] state "q" or "r"; ARGV[3] lease ms.
 # Refuses when another attempt is running, or when asked to queue an attempt
 # that already runs (a redelivered `answer` must not demote its own `generate`).
@@ -38,8 +40,9 @@ return 1
 """
 
 # KEYS[1] lock key; KEYS[2] its followers set; ARGV[1] attempt; ARGV[2] lease ms;
-# ARGV[3] the lock key prefix. Extends a running claim and the locks of its followers
-# (members are "<key> <attempt> <similarity>").
+# ARGV[3], ARGV[4] the text around the key in a lock's name (Keyspace.lock_parts).
+# Extends a running claim and the locks of its followers (members are
+# "<key> <attempt> <similarity>").
 _EXTEND = """
 if redis.call('GET', KEYS[1]) ~= 'r:' .. ARGV[1] then
   return 0
@@ -47,7 +50,7 @@ end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 for _, member in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   local key, attempt = string.match(member, '^(%S+) (%S+)')
-  local lock = ARGV[3] .. key
+  local lock = ARGV[3] .. key .. ARGV[4]
   if redis.call('GET', lock) == 'r:' .. attempt then
     redis.call('PEXPIRE', lock, ARGV[2])
   end
@@ -88,42 +91,38 @@ return 1
 
 
 class Lease:
-    def __init__(self, client: redis.Redis, prefix: str, lease_ms: int) -> None:
+    def __init__(self, client: redis.Redis, keys: Keyspace, lease_ms: int) -> None:
         if lease_ms <= 0:
             raise ValueError("lease_ms must be positive")
         self.client = client
-        self.prefix = prefix
+        self.keys = keys
         self.lease_ms = lease_ms
         self._claim = client.register_script(_CLAIM)
         self._extend = client.register_script(_EXTEND)
         self._release = client.register_script(_RELEASE)
         self._follow = client.register_script(_FOLLOW)
 
-    def key(self, exact_key: str) -> str:
-        return f"{self.prefix}lock:{exact_key}"
-
-    def _followers(self, exact_key: str) -> str:
-        return f"{self.prefix}followers:{exact_key}"
-
     def acquire(self, exact_key: str, attempt: str) -> bool:
         """Web side: become the one request that dispatches an attempt."""
-        return bool(self.client.set(self.key(exact_key), f"q:{attempt}", nx=True, px=self.lease_ms))
+        lock = self.keys.lock(exact_key)
+        return bool(self.client.set(lock, f"q:{attempt}", nx=True, px=self.lease_ms))
 
     def claim(self, exact_key: str, attempt: str, state: str) -> bool:
         """Worker side: mark the attempt queued ("q") or running ("r") with a fresh lease."""
         if state not in ("q", "r"):
             raise ValueError("state must be 'q' or 'r'")
-        return bool(self._claim(keys=[self.key(exact_key)], args=[attempt, state, self.lease_ms]))
+        lock = self.keys.lock(exact_key)
+        return bool(self._claim(keys=[lock], args=[attempt, state, self.lease_ms]))
 
     def extend(self, exact_key: str, attempt: str) -> bool:
         """Heartbeat of a running attempt; also keeps its followers' leases alive."""
-        keys = [self.key(exact_key), self._followers(exact_key)]
-        return bool(self._extend(keys=keys, args=[attempt, self.lease_ms, self.key("")]))
+        keys = [self.keys.lock(exact_key), self.keys.followers(exact_key)]
+        return bool(self._extend(keys=keys, args=[attempt, self.lease_ms, *self.keys.lock_parts]))
 
     def release(self, exact_key: str, attempt: str, client: Any = None) -> Any:
         """Compare-and-delete; returns the popped followers as `Follower`s (or, with a
         pipeline as `client`, queues the call: decode its result with `followers()`)."""
-        keys = [self.key(exact_key), self._followers(exact_key)]
+        keys = [self.keys.lock(exact_key), self.keys.followers(exact_key)]
         if client is not None:
             # EVAL in a pipeline: with a registered script redis-py would first send
             # SCRIPT EXISTS, one more round trip; Redis caches the compiled script anyway.
@@ -132,7 +131,8 @@ class Lease:
 
     def follow(self, leader_key: str, me: Follower) -> bool:
         """Join the attempt generating `leader_key`; False if it has already finished."""
-        keys = [self.key(leader_key), self._followers(leader_key), self.key(me.key)]
+        ks = self.keys
+        keys = [ks.lock(leader_key), ks.followers(leader_key), ks.lock(me.key)]
         return bool(self._follow(keys=keys, args=[me.member(), me.attempt, self.lease_ms]))
 
 

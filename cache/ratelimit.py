@@ -7,6 +7,8 @@ from typing import Any
 
 import redis
 
+from cache.keyspace import Keyspace
+
 # KEYS[1] bucket; KEYS[2] (optional) a key to read in the same call; ARGV[1] capacity
 # (tokens); ARGV[2] refill per ms. Time is Redis's own, so web hosts with skewed clocks
 # share one bucket correctly. Returns {allowed 0/1, ms until one token is back, KEYS[2]'s
@@ -40,9 +42,9 @@ return {0, math.ceil((1 - tokens) / rate), value}
 
 
 class RateLimiter:
-    def __init__(self, client: redis.Redis, prefix: str, per_minute: int) -> None:
+    def __init__(self, client: redis.Redis, keys: Keyspace, per_minute: int) -> None:
         self.client = client
-        self.prefix = prefix
+        self.keys = keys
         self.per_minute = per_minute
         self._take = client.register_script(_TAKE)
 
@@ -57,7 +59,7 @@ class RateLimiter:
         or 0, the key's value). Without a limit, just the read."""
         if self.per_minute <= 0:
             return 0.0, self.client.get(key) if key is not None else None
-        keys = [f"{self.prefix}rl:{ident}"] + ([key] if key is not None else [])
+        keys = [self.keys.rl(ident)] + ([key] if key is not None else [])
         reply: Any = self._take(keys=keys, args=[self.per_minute, self.per_minute / 60_000])
         allowed, wait_ms = reply[0], reply[1]
         value = reply[2] if len(reply) > 2 else None

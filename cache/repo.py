@@ -126,8 +126,30 @@ class CacheRepo:
             for namespace, key, prompt, blob in cur:
                 yield namespace, key, prompt, unpack(bytes(blob))
 
-    def invalidate(self, where: str, params: tuple[Any, ...], reason: str) -> list[Removed]:
-        """Mark live entries matching `where` (SQL over cache_entries) invalidated."""
+    def invalidate(
+        self,
+        reason: str,
+        *,
+        entry_id: str | None = None,
+        model: str | None = None,
+        older_than_s: float | None = None,
+    ) -> list[Removed]:
+        """Take live entries out of service: the one with `entry_id`, and/or those of
+        `model`, and/or those created more than `older_than_s` ago (all given must hold)."""
+        clauses, params = [], []
+        for clause, value in (
+            ("id = %s", entry_id),
+            ("model = %s", model),
+            ("created_at < now() - make_interval(secs => %s)", older_than_s),
+        ):
+            if value is not None:
+                clauses.append(clause)
+                params.append(value)
+        if not clauses:
+            raise ValueError("give entry_id, model or older_than_s")
+        return self._invalidate(" AND ".join(clauses), tuple(params), reason)
+
+    def _invalidate(self, where: str, params: tuple[Any, ...], reason: str) -> list[Removed]:
         with self.pool.connection() as conn:
             rows = conn.execute(
                 f"UPDATE cache_entries SET invalidated_at = now(), invalidated_reason = %s"
@@ -138,14 +160,26 @@ class CacheRepo:
 
     def evict(self, max_entries: int) -> list[Removed]:
         """Expired entries, then the least recently hit beyond `max_entries`."""
-        removed = self.invalidate("expires_at <= now()", (), "expired")
-        removed += self.invalidate(
+        removed = self._invalidate("expires_at <= now()", (), "expired")
+        removed += self._invalidate(
             "id IN (SELECT id FROM cache_entries WHERE invalidated_at IS NULL"
             " ORDER BY coalesce(last_hit_at, created_at) DESC OFFSET %s)",
             (max_entries,),
             "evicted",
         )
         return removed
+
+    def models(self, user_id: int) -> dict[str, float]:
+        """Models with a live entry `user_id` may be served (shared, or their own), with the
+        newest entry's time (unix seconds)."""
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT model, extract(epoch FROM max(created_at))::float8 FROM cache_entries"
+                f" WHERE {_LIVE} AND (scope = 'shared' OR owner_id = %s)"
+                " GROUP BY model ORDER BY model",
+                (user_id,),
+            ).fetchall()
+        return {model: at for model, at in rows}
 
     def namespace_thresholds(self) -> dict[str, float]:
         """Thresholds namespaces earned by wrong semantic hits (see the feedback endpoint)."""

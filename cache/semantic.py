@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import redis
 
+from cache.keyspace import Keyspace
+
 DIM = 384
 _MAX_LOG = 100_000  # approximate length the change log is trimmed to
 
@@ -105,12 +107,11 @@ Source = Callable[[], Iterable[tuple[str, str, str, np.ndarray]]]
 
 
 class SemanticIndex:
-    def __init__(self, client: redis.Redis, prefix: str, source: Source) -> None:
+    def __init__(self, client: redis.Redis, keys: Keyspace, source: Source) -> None:
         self.client = client
-        self.prefix = prefix
         self.source = source
-        self.log_key = f"{prefix}semlog"
-        self.epoch_key = f"{prefix}semlog:epoch"
+        self.log_key = keys.semlog
+        self.epoch_key = keys.semlog_epoch
         self._epoch: Any = None
         self._spaces: dict[str, _Namespace] = {}
         self._last_id: str | None = None

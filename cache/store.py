@@ -15,6 +15,8 @@ from typing import Any
 import redis
 
 from cache.entry import Entry, Outcome
+from cache.job import COALESCED
+from cache.keyspace import Keyspace
 from cache.lease import Follower, Lease, followers
 from cache.repo import Removed
 from cache.semantic import SemanticIndex
@@ -23,33 +25,19 @@ ERROR_MEMORY_S = 10
 
 
 class ExactStore:
-    def __init__(self, client: redis.Redis, prefix: str, lease: Lease) -> None:
+    def __init__(self, client: redis.Redis, keys: Keyspace, lease: Lease) -> None:
         self.client = client
-        self.prefix = prefix
+        self.keys = keys
         self.lease = lease
 
-    def resp_key(self, exact_key: str) -> str:
-        return f"{self.prefix}resp:{exact_key}"
-
-    def channel(self, exact_key: str) -> str:
-        return f"{self.prefix}done:{exact_key}"
-
-    @property
-    def channel_pattern(self) -> str:
-        return f"{self.prefix}done:*"
-
     def get(self, exact_key: str) -> Entry | None:
-        raw = self.client.get(self.resp_key(exact_key))
+        raw = self.client.get(self.keys.resp(exact_key))
         return Entry.from_json(raw) if raw else None
-
-    def err_key(self, exact_key: str) -> str:
-        return f"{self.prefix}err:{exact_key}"
 
     def peek(self, exact_key: str) -> tuple[Entry | None, str | None, Outcome | None]:
         """The entry, the lease holder and the last failure, read atomically."""
-        raw, lock, err = self.client.mget(
-            self.resp_key(exact_key), self.lease.key(exact_key), self.err_key(exact_key)
-        )
+        ks = self.keys
+        raw, lock, err = self.client.mget(ks.resp(exact_key), ks.lock(exact_key), ks.err(exact_key))
         holder = lock.decode() if isinstance(lock, bytes) else lock
         failure = Outcome.from_json(err) if err else None
         return (Entry.from_json(raw) if raw else None), holder, failure
@@ -61,21 +49,21 @@ class ExactStore:
 
     def forget(self, entry_id: str, exact_key: str) -> None:
         """Drop an entry's hot copy and every exact alias that points to it."""
-        aliases = f"{self.prefix}aliases:{entry_id}"
+        aliases = self.keys.aliases(entry_id)
         keys = {exact_key, *(k.decode() for k in self.client.smembers(aliases))}  # type: ignore[union-attr]
-        self.client.delete(aliases, *(self.resp_key(k) for k in keys))
+        self.client.delete(aliases, *(self.keys.resp(k) for k in keys))
 
     def _publish(self, pipe: Any, exact_key: str, outcome: Outcome) -> None:
-        pipe.publish(self.channel(exact_key), outcome.to_json())
+        pipe.publish(self.keys.done(exact_key), outcome.to_json())
         if outcome.error_code is not None:
             # Remembered briefly so a waiter that saw this attempt hold the lease, and
             # missed the message, reports the error instead of trying again.
-            pipe.set(self.err_key(exact_key), outcome.to_json(), ex=ERROR_MEMORY_S)
+            pipe.set(self.keys.err(exact_key), outcome.to_json(), ex=ERROR_MEMORY_S)
 
     def _put(self, pipe: Any, exact_key: str, entry: Entry, ttl_s: int) -> None:
-        pipe.set(self.resp_key(exact_key), entry.to_json(), ex=ttl_s)
+        pipe.set(self.keys.resp(exact_key), entry.to_json(), ex=ttl_s)
         if exact_key != entry.key:  # an alias (semantic hit, follower): forget it with its entry
-            aliases = f"{self.prefix}aliases:{entry.id}"
+            aliases = self.keys.aliases(entry.id)
             pipe.sadd(aliases, exact_key)
             pipe.expire(aliases, ttl_s)
 
@@ -98,7 +86,7 @@ class ExactStore:
                     mine = replace(
                         outcome,
                         attempt=f.attempt,
-                        status="coalesced",
+                        status=COALESCED,  # generated for the prompt it followed
                         similarity=f.similarity,
                         matched_prompt=outcome.entry.prompt if outcome.entry else None,
                     )

@@ -21,6 +21,8 @@ from typing import Any
 
 import redis
 
+from cache.keyspace import Keyspace
+
 log = logging.getLogger(__name__)
 
 STREAM_TTL_S = 120  # a finished stream lingers for late joiners, then goes
@@ -28,12 +30,9 @@ _MAXLEN = 20_000
 
 
 class TokenWriter:
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
+    def __init__(self, client: redis.Redis, keys: Keyspace) -> None:
         self.client = client
-        self.prefix = prefix
-
-    def key(self, exact_key: str) -> str:
-        return f"{self.prefix}stream:{exact_key}"
+        self.key = keys.stream
 
     def _add(self, exact_key: str, fields: dict[str, str], ttl_s: int = STREAM_TTL_S) -> None:
         with self.client.pipeline(transaction=False) as pipe:

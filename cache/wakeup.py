@@ -21,15 +21,15 @@ from contextlib import contextmanager
 import redis
 
 from cache.entry import Outcome
+from cache.keyspace import Keyspace
 
 log = logging.getLogger(__name__)
 
 
 class WakeupHub:
-    def __init__(self, client: redis.Redis, pattern: str, prefix_len: int) -> None:
+    def __init__(self, client: redis.Redis, keys: Keyspace) -> None:
         self.client = client
-        self.pattern = pattern
-        self._prefix_len = prefix_len  # characters before the exact key in a channel name
+        self.keys = keys
         self._waiters: dict[str, set[queue.SimpleQueue[Outcome]]] = {}
         self._lock = threading.Lock()
         self._ready = threading.Event()
@@ -71,7 +71,7 @@ class WakeupHub:
     def _listen(self) -> None:
         pubsub = self.client.pubsub(ignore_subscribe_messages=False)
         try:
-            pubsub.psubscribe(self.pattern)
+            pubsub.psubscribe(self.keys.done_pattern)
             while True:
                 message = pubsub.get_message(timeout=5.0)
                 if message is None:
@@ -84,7 +84,7 @@ class WakeupHub:
             pubsub.close()
 
     def _deliver(self, channel: bytes, data: bytes) -> None:
-        exact_key = channel.decode()[self._prefix_len :]
+        exact_key = self.keys.key_of_done(channel.decode())
         with self._lock:
             boxes = list(self._waiters.get(exact_key, ()))
         if not boxes:

@@ -1,31 +1,35 @@
-"""The two tasks of a request: `answer` (queue embed) and `generate` (queue llm).
+"""The tasks: `answer` (queue embed), `generate` (queue llm) and `embed` (queue embed).
 
-Thin wrappers: they parse the job and call the plain functions in tasks.flow.
-A job is a small JSON dict built by the web (see webapp.chat.build_job).
+Thin wrappers: they read the job (cache.job: a `Job`, or an `EmbedJob`, built by the web
+in webapp/chat.py and webapp/embed.py) and call the plain functions in tasks.flow.
 """
 
+from typing import Any
+
+from cache.job import EmbedJob, Job
 from tasks import flow
 from tasks.app import app
 from tasks.resources import resources
 
 
 @app.task(name="flock.answer")
-def answer(job: dict) -> None:
+def answer(payload: dict[str, Any]) -> None:
+    job = Job.from_payload(payload)
     res = resources()
     with flow.errors_reach_waiters(res, job):
         next_job = flow.answer(res, job)
         if next_job is not None:
-            app.send_task("flock.generate", args=[next_job], queue="llm")
+            app.send_task("flock.generate", args=[next_job.to_payload()], queue="llm")
 
 
 @app.task(name="flock.generate")
-def generate(job: dict) -> None:
+def generate(payload: dict[str, Any]) -> None:
+    job = Job.from_payload(payload)
     res = resources()
     with flow.errors_reach_waiters(res, job):
         flow.generate(res, job)
 
 
 @app.task(name="flock.embed")
-def embed(job: dict) -> None:
-    res = resources()
-    flow.embed(res, job)
+def embed(payload: dict[str, Any]) -> None:
+    flow.embed(resources(), EmbedJob.from_payload(payload))

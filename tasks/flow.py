@@ -14,12 +14,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from functools import partial
-from typing import Any
 
 import numpy as np
 
 from cache import Entry, Outcome
 from cache.inflight import InFlight
+from cache.job import EXACT, MISS, SEMANTIC, EmbedJob, Job
 from cache.lease import Follower
 from cache.semantic import Candidate
 from cache.verify import Check, Option, TokenVectors, Verdict, said_yes, same_question
@@ -29,16 +29,16 @@ from tasks.resources import Resources
 log = logging.getLogger(__name__)
 
 
-def answer(res: Resources, job: dict[str, Any]) -> dict[str, Any] | None:
+def answer(res: Resources, job: Job) -> Job | None:
     """Serve from the exact or semantic cache, or follow a similar prompt being generated;
     otherwise return the job for `generate`, with the prompt's embedding."""
     # Redis only: the exact key's record in PostgreSQL (when Redis lost it) is read by
     # `generate` before it calls the LLM; a semantic hit needs no PostgreSQL round trip.
     if _served_from_cache(res, job, durable=False):
         return None
-    if job["mode"] == "bypass":
-        return job if res.lease.claim(job["key"], job["attempt"], "q") else None
-    vector, tokens, remember = _embed(res, job["prompt"])
+    if job.mode == "bypass":
+        return job if res.lease.claim(job.key, job.attempt, "q") else None
+    vector, tokens, remember = _embed(res, job.prompt)
     try:
         return _decide(res, job, vector, tokens)
     finally:
@@ -46,38 +46,38 @@ def answer(res: Resources, job: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _decide(
-    res: Resources, job: dict[str, Any], vector: np.ndarray, tokens: Callable[[], TokenVectors]
-) -> dict[str, Any] | None:
-    ns = job["namespace"]
+    res: Resources, job: Job, vector: np.ndarray, tokens: Callable[[], TokenVectors]
+) -> Job | None:
+    ns = job.namespace
     # Announce first, then look at earlier announcements, then search the index: a leader
     # that finished meanwhile is either still announced or already in the index, since it
     # adds to the index before it withdraws its announcement.
-    announced = res.inflight.announce(ns, job["key"], job["prompt"], vector)
-    threshold = max(job["threshold"], res.namespace_threshold(ns))
+    announced = res.inflight.announce(ns, job.key, job.prompt, vector)
+    threshold = max(job.threshold, res.namespace_threshold(ns))
     for _ in range(3):
         # List before searching (see above); judge the leaders only if the index has nothing.
-        leaders = res.inflight.listed(ns, before=announced) if job["mode"] == "use" else []
-        if job["mode"] == "use" and _served_semantically(res, job, vector, tokens, threshold):
+        leaders = res.inflight.listed(ns, before=announced) if job.mode == "use" else []
+        if job.mode == "use" and _served_semantically(res, job, vector, tokens, threshold):
             res.inflight.withdraw(ns, announced)
             return None
         leader = _nearest_leader(res, job, vector, tokens, leaders, threshold)
         if leader is None:
             break
-        me = Follower(job["key"], job["attempt"], leader.similarity)
+        me = Follower(job.key, job.attempt, leader.similarity)
         if res.lease.follow(leader.key, me):
             res.inflight.withdraw(ns, announced)
             # Streaming waiters of our key read the leader's tokens from now on.
-            res.tokens.follow(job["key"], leader.key, leader.similarity, leader.prompt)
+            res.tokens.follow(job.key, leader.key, leader.similarity, leader.prompt)
             return None
     # Renew the queued lease: the llm queue may hold the job a while longer.
-    if not res.lease.claim(job["key"], job["attempt"], "q"):
+    if not res.lease.claim(job.key, job.attempt, "q"):
         res.inflight.withdraw(ns, announced)
         return None
-    return {**job, "embedding": vector.tolist(), "inflight_id": announced}
+    return replace(job, embedding=vector.tolist(), inflight_id=announced)
 
 
-def generate(res: Resources, job: dict[str, Any]) -> None:
-    key, attempt = job["key"], job["attempt"]
+def generate(res: Resources, job: Job) -> None:
+    key, attempt = job.key, job.attempt
     if _served_from_cache(res, job):
         _withdraw(res, job)
         return
@@ -98,33 +98,33 @@ def generate(res: Resources, job: dict[str, Any]) -> None:
         return
     entry = Entry(
         key=key,
-        namespace=job["namespace"],
-        model=job["model"],
-        prompt=job["prompt"],
+        namespace=job.namespace,
+        model=job.model,
+        prompt=job.prompt,
         response=completion.content,
         prompt_tokens=completion.prompt_tokens,
         completion_tokens=completion.completion_tokens,
     )
-    if job["ttl"] is not None:
+    if job.ttl is not None:
         # The record first (PostgreSQL), then the index, then the hot copy and the
         # wake-up: whoever no longer sees our announcement finds the entry.
-        vector = np.asarray(job["embedding"], dtype=np.float32) if job.get("embedding") else None
-        res.repo.put(entry, job["ttl"], vector, job.get("owner_id"), job["scope"] == "private")
+        vector = np.asarray(job.embedding, dtype=np.float32) if job.embedding else None
+        res.repo.put(entry, job.ttl, vector, job.owner_id, job.scope == "private")
         if vector is not None:
-            res.index.add(job["namespace"], key, job["prompt"], vector)
-    res.store.finish(key, Outcome(attempt=attempt, entry=entry, status="miss"), job["ttl"])
+            res.index.add(job.namespace, key, job.prompt, vector)
+    res.store.finish(key, Outcome(attempt=attempt, entry=entry, status=MISS), job.ttl)
     _withdraw(res, job)
 
 
-def embed(res: Resources, job: dict[str, Any]) -> None:
-    """The embeddings service: vectors of job["texts"] (cache first), stored under the job's
+def embed(res: Resources, job: EmbedJob) -> None:
+    """The embeddings service: vectors of the job's texts (cache first), stored under its
     id for a minute, and a wake-up on done:<id> for the waiting request."""
-    key = job["id"]
+    key = job.id
     try:
         model = res.embedder()
-        vectors, computed = res.embeddings.embed(model.name, job["texts"], model.embed)
+        vectors, computed = res.embeddings.embed(model.name, job.texts, model.embed)
         res.redis.set(
-            f"{res.store.prefix}embres:{key}",
+            res.keys.embres(key),
             json.dumps({"model": model.name, "computed": computed, "vectors": vectors.tolist()}),
             ex=60,
         )
@@ -156,21 +156,21 @@ def _tokens(res: Resources, text: str) -> TokenVectors:
     return res.embeddings.tokens(model.name, text, model.token_embeddings)
 
 
-def _withdraw(res: Resources, job: dict[str, Any]) -> None:
-    if job.get("inflight_id"):
-        res.inflight.withdraw(job["namespace"], job["inflight_id"])
+def _withdraw(res: Resources, job: Job) -> None:
+    if job.inflight_id:
+        res.inflight.withdraw(job.namespace, job.inflight_id)
 
 
 def _nearest_leader(
     res: Resources,
-    job: dict[str, Any],
+    job: Job,
     vector: np.ndarray,
     tokens: Callable[[], TokenVectors],
     announced: list[InFlight],
     threshold: float,
 ) -> Candidate | None:
     """The most similar prompt announced before ours that passes the same test as a hit."""
-    leaders = [f for f in announced if f.key != job["key"]]
+    leaders = [f for f in announced if f.key != job.key]
     if not leaders:
         return None
     scores = np.vstack([f.vector for f in leaders]) @ vector
@@ -182,12 +182,12 @@ def _nearest_leader(
 
 def _served_semantically(
     res: Resources,
-    job: dict[str, Any],
+    job: Job,
     vector: np.ndarray,
     tokens: Callable[[], TokenVectors],
     threshold: float,
 ) -> bool:
-    cands = [c for c in res.index.search(job["namespace"], vector, k=3) if c.key != job["key"]]
+    cands = [c for c in res.index.search(job.namespace, vector, k=3) if c.key != job.key]
     asked = False  # the LLM's second opinion: once per lookup at most
     while True:
         picked = _choose(res, job, tokens, cands, threshold)
@@ -200,24 +200,24 @@ def _served_semantically(
         if entry is None:
             # Expired or invalidated: every index must forget it. (An entry still being
             # written has its record in PostgreSQL before it reaches any index.)
-            res.index.remove(job["namespace"], cand.key)
+            res.index.remove(job.namespace, cand.key)
             cands.remove(cand)
             continue
         outcome = Outcome(
-            attempt=job["attempt"],
+            attempt=job.attempt,
             entry=entry,
-            status="semantic",
+            status=SEMANTIC,
             similarity=cand.similarity,
             matched_prompt=cand.prompt,
             checks=verdict.as_dict()["checks"],
         )
-        res.store.finish(job["key"], outcome, job["ttl"])
+        res.store.finish(job.key, outcome, job.ttl)
         return True
 
 
 def _choose(
     res: Resources,
-    job: dict[str, Any],
+    job: Job,
     tokens: Callable[[], TokenVectors],
     cands: list[Candidate],
     threshold: float,
@@ -226,13 +226,13 @@ def _choose(
     second: the verifier, on the texts and MiniLM's token vectors (fetched only for
     candidates above the threshold). The same choice as `python -m bench.accuracy`."""
     options = [Option(c.prompt, c.similarity, partial(_tokens, res, c.prompt), c) for c in cands]
-    picked = res.verifier.choose(job["prompt"], tokens, options, threshold=threshold)
+    picked = res.verifier.choose(job.prompt, tokens, options, threshold=threshold)
     return (picked[0].ref, picked[1]) if picked else None
 
 
 def _second_opinion(
     res: Resources,
-    job: dict[str, Any],
+    job: Job,
     tokens: Callable[[], TokenVectors],
     cands: list[Candidate],
     threshold: float,
@@ -248,34 +248,32 @@ def _second_opinion(
         return None
     cand = max(above, key=lambda c: c.similarity)
     verdict = res.verifier.verify(
-        job["prompt"], cand.prompt, cand.similarity, tokens(), _tokens(res, cand.prompt)
+        job.prompt, cand.prompt, cand.similarity, tokens(), _tokens(res, cand.prompt)
     )
     if not res.verifier.doubtful(verdict, res.llm_band):
         return None
     try:
-        reply = res.llm.chat(job["model"], *same_question(job["prompt"], cand.prompt)).content
+        reply = res.llm.chat(job.model, *same_question(job.prompt, cand.prompt)).content
     except LLMError as exc:
-        log.warning("no second opinion on %s: %s", job["key"][:12], exc)
+        log.warning("no second opinion on %s: %s", job.key[:12], exc)
         return None
-    check = Check("llm", said_yes(reply), f"{job['model']} said {reply.strip()[:20]!r}")
-    log.info("second opinion on %s: %s", job["key"][:12], check.detail)
+    check = Check("llm", said_yes(reply), f"{job.model} said {reply.strip()[:20]!r}")
+    log.info("second opinion on %s: %s", job.key[:12], check.detail)
     if not check.passed:
         return None
     return cand, replace(verdict, accept=True, checks=(*verdict.checks, check))
 
 
 @contextmanager
-def errors_reach_waiters(res: Resources, job: dict[str, Any]) -> Iterator[None]:
+def errors_reach_waiters(res: Resources, job: Job) -> Iterator[None]:
     """A bug (or a lost database) must not leave waiters hanging until their timeout:
     publish the error to them, then let Celery record the failure."""
     try:
         yield
     except Exception as exc:
-        log.exception("task failed for %s", job["key"][:12])
-        outcome = Outcome(
-            attempt=job["attempt"], error_code="internal_error", error_message=str(exc)
-        )
-        res.store.finish(job["key"], outcome, ttl_s=None)
+        log.exception("task failed for %s", job.key[:12])
+        outcome = Outcome(attempt=job.attempt, error_code="internal_error", error_message=str(exc))
+        res.store.finish(job.key, outcome, ttl_s=None)
         _withdraw(res, job)
         raise
 
@@ -292,25 +290,25 @@ def _load(res: Resources, key: str) -> Entry | None:
     return entry
 
 
-def _served_from_cache(res: Resources, job: dict[str, Any], durable: bool = True) -> bool:
+def _served_from_cache(res: Resources, job: Job, durable: bool = True) -> bool:
     """Serve the exact key's entry if there is one (`durable`: also from PostgreSQL)."""
-    if job["mode"] != "use":
+    if job.mode != "use":
         return False
-    entry = _load(res, job["key"]) if durable else res.store.get(job["key"])
+    entry = _load(res, job.key) if durable else res.store.get(job.key)
     if entry is None:
         return False
-    res.store.finish(job["key"], Outcome(attempt=job["attempt"], entry=entry, status="exact"), None)
+    res.store.finish(job.key, Outcome(attempt=job.attempt, entry=entry, status=EXACT), None)
     return True
 
 
-def _complete_with_retries(res: Resources, job: dict[str, Any]) -> Completion:
-    key = job["key"]
+def _complete_with_retries(res: Resources, job: Job) -> Completion:
+    key = job.key
     for retry in range(res.max_retries + 1):
         if retry:
             res.tokens.reset(key)
         try:
             completion = res.llm.chat(
-                job["model"], job["messages"], job.get("options"),
+                job.model, job.messages, job.options,
                 on_token=lambda text: res.tokens.token(key, text),
             )  # fmt: skip
             res.tokens.end(key)

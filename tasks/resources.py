@@ -17,7 +17,7 @@ import redis
 from celery.signals import celeryd_init, worker_process_init, worker_ready
 from psycopg_pool import ConnectionPool
 
-from cache import EmbeddingCache, ExactStore, InFlightPrompts, Lease, SemanticIndex
+from cache import EmbeddingCache, ExactStore, InFlightPrompts, Keyspace, Lease, SemanticIndex
 from cache.repo import CacheRepo
 from cache.tokens import TokenWriter
 from cache.verify import Verifier
@@ -30,12 +30,13 @@ from inference import (
     TransientLLMError,
     load_embedder,
 )
-from tasks.app import app
+from settings import Settings, current
 
 
 @dataclass(frozen=True)
 class Resources:
     redis: redis.Redis
+    keys: Keyspace
     lease: Lease
     store: ExactStore
     repo: CacheRepo
@@ -53,7 +54,7 @@ class Resources:
     def namespace_threshold(self, namespace: str) -> float:
         """What wrong hits raised this namespace's threshold to (0 when none did). Kept in
         Redis for every lookup; reloaded from PostgreSQL when Redis lost it."""
-        key = f"{self.store.prefix}nsthreshold"
+        key = self.keys.nsthreshold
         value, loaded = self.redis.hmget(key, [namespace, "_loaded"])
         if loaded is None:
             self.redis.hset(key, mapping={"_loaded": "1", **{
@@ -85,32 +86,30 @@ def resources() -> Resources:
 
 
 def _build() -> Resources:
-    conf = app.conf
-    client = redis.Redis.from_url(conf.flock_redis_url, health_check_interval=30)
-    prefix = conf.flock_key_prefix
-    lease = Lease(client, prefix, conf.flock_lock_lease_ms)
+    conf = current()
+    client = redis.Redis.from_url(conf.redis_url, health_check_interval=30)
+    keys = Keyspace(conf.flock_key_prefix)
+    lease = Lease(client, keys, conf.lock_lease_ms)
     pool = ConnectionPool(
-        conf.flock_database_url, min_size=1, max_size=4, kwargs={"autocommit": True}, open=True
+        conf.database_url, min_size=1, max_size=4, kwargs={"autocommit": True}, open=True
     )
     repo = CacheRepo(pool)
-    llm, backend = _llm(conf)
-    # The web shows which backend answers (the UI says so when it is the tiny demo model).
-    client.set(f"{prefix}llm:backend", backend)
     return Resources(
         redis=client,
+        keys=keys,
         lease=lease,
-        store=ExactStore(client, prefix, lease),
+        store=ExactStore(client, keys, lease),
         repo=repo,
-        index=SemanticIndex(client, prefix, repo.vectors),
-        inflight=InFlightPrompts(client, prefix),
-        embeddings=EmbeddingCache(client, prefix),
-        tokens=TokenWriter(client, prefix),
-        llm=llm,
-        max_retries=conf.flock_llm_max_retries,
-        retry_backoff_s=conf.flock_llm_retry_backoff_s,
-        embed_cache_dir=conf.flock_embed_cache_dir,
+        index=SemanticIndex(client, keys, repo.vectors),
+        inflight=InFlightPrompts(client, keys),
+        embeddings=EmbeddingCache(client, keys),
+        tokens=TokenWriter(client, keys),
+        llm=_llm(conf),
+        max_retries=conf.llm_max_retries,
+        retry_backoff_s=conf.llm_retry_backoff_s,
+        embed_cache_dir=conf.embed_cache_dir,
         verifier=Verifier(),
-        llm_band=conf.flock_llm_verify_band,
+        llm_band=conf.llm_verify_band,
     )
 
 
@@ -127,24 +126,22 @@ class LLM(Protocol):
     ) -> Completion: ...
 
 
-def _llm(conf: Any) -> tuple[LLM, str]:
+def _llm(conf: Settings) -> LLM:
     """LLM_BACKEND: `ollama`, `embedded` (SmolLM2-135M in this process), or `auto`: Ollama
     when it answers, else the embedded demo model."""
-    ollama = OllamaClient(conf.flock_ollama_url, read_timeout_s=conf.flock_llm_timeout_s)
-    choice = conf.flock_llm_backend
+    ollama = OllamaClient(conf.ollama_url, read_timeout_s=conf.llm_timeout_s)
+    choice = conf.llm_backend
     if choice == "auto":
         try:
             ollama.version()
             choice = "ollama"
         except TransientLLMError:
             log.warning("Ollama does not answer at %s: using the embedded demo model",
-                        conf.flock_ollama_url)  # fmt: skip
+                        conf.ollama_url)  # fmt: skip
             choice = "embedded"
     if choice == "embedded":
-        return EmbeddedLLM(name=DEFAULT_MODEL_NAME), "embedded"
-    if choice != "ollama":
-        raise ValueError(f"LLM_BACKEND must be ollama, embedded or auto, not {choice!r}")
-    return ollama, "ollama"
+        return EmbeddedLLM(name=DEFAULT_MODEL_NAME)
+    return ollama
 
 
 # Which queues this worker consumes, recorded in the main process before any fork.

@@ -15,7 +15,7 @@ from celery.signals import worker_ready
 from cache import ExactStore, SemanticIndex
 from cache.repo import CacheRepo
 from cache.store import forget_everywhere
-from tasks.app import app
+from settings import current
 from tasks.resources import resources
 
 log = logging.getLogger(__name__)
@@ -33,8 +33,7 @@ def _run(interval_s: float, max_entries: int) -> None:
     while True:
         try:
             res = resources()
-            lock = f"{res.store.prefix}sweep"
-            if res.redis.set(lock, "1", nx=True, px=int(interval_s * 1000)):
+            if res.redis.set(res.keys.sweep, "1", nx=True, px=int(interval_s * 1000)):
                 sweep(res.repo, res.store, res.index, max_entries)
         except Exception as exc:  # the next round may find Redis or PostgreSQL back
             log.error("sweep failed: %s", exc)
@@ -43,10 +42,10 @@ def _run(interval_s: float, max_entries: int) -> None:
 
 @worker_ready.connect
 def _start(**_: object) -> None:
-    conf = app.conf
+    conf = current()
     threading.Thread(
         target=_run,
-        args=(conf.flock_evict_interval_s, conf.flock_cache_max_entries),
+        args=(conf.evict_interval_s, conf.cache_max_entries),
         name="sweeper",
         daemon=True,
     ).start()

@@ -14,6 +14,7 @@ from cache import (
     ExactStore,
     Follower,
     InFlightPrompts,
+    Keyspace,
     Lease,
     Outcome,
     SemanticIndex,
@@ -21,9 +22,9 @@ from cache import (
 
 
 @pytest.fixture
-def prefix(redis_client):
+def keys(redis_client):
     p = f"t:{uuid.uuid4().hex[:8]}:"
-    yield p
+    yield Keyspace(p)
     for key in redis_client.scan_iter(match=f"{p}*"):
         redis_client.delete(key)
 
@@ -37,10 +38,10 @@ def nothing():
     return []
 
 
-def test_an_entry_added_by_one_process_is_found_by_the_other(redis_client, prefix):
+def test_an_entry_added_by_one_process_is_found_by_the_other(redis_client, keys):
     a, b = (
-        SemanticIndex(redis_client, prefix, nothing),
-        SemanticIndex(redis_client, prefix, nothing),
+        SemanticIndex(redis_client, keys, nothing),
+        SemanticIndex(redis_client, keys, nothing),
     )
     assert b.search("ns", unit(1)) == []  # b has built itself before the add
     a.add("ns", "k1", "what is redis", unit(1))
@@ -53,13 +54,13 @@ def test_an_entry_added_by_one_process_is_found_by_the_other(redis_client, prefi
     assert b.search("ns", unit(1)) == []
 
 
-def test_a_new_process_rebuilds_from_the_source_then_follows_the_log(redis_client, prefix):
+def test_a_new_process_rebuilds_from_the_source_then_follows_the_log(redis_client, keys):
     stored = [("ns", f"k{i}", f"prompt {i}", unit(i)) for i in range(20)]
-    a = SemanticIndex(redis_client, prefix, lambda: stored)
+    a = SemanticIndex(redis_client, keys, lambda: stored)
     assert a.size() == 20
     del stored[3]  # the record first, then the log: as the callers do
     a.remove("ns", "k3")
-    fresh = SemanticIndex(redis_client, prefix, lambda: stored)
+    fresh = SemanticIndex(redis_client, keys, lambda: stored)
     assert fresh.size() == 19
     stored.append(("ns", "k20", "new", unit(20)))
     a.add("ns", "k20", "new", unit(20))
@@ -68,26 +69,26 @@ def test_a_new_process_rebuilds_from_the_source_then_follows_the_log(redis_clien
     assert all(c.key != "k3" for c in fresh.search("ns", unit(3), k=19))
 
 
-def test_a_process_whose_log_position_was_trimmed_rebuilds(redis_client, prefix):
+def test_a_process_whose_log_position_was_trimmed_rebuilds(redis_client, keys):
     stored = []
 
     def store_and_add(index, i):
         stored.append(("ns", f"k{i}", str(i), unit(i)))
         index.add("ns", f"k{i}", str(i), unit(i))
 
-    a = SemanticIndex(redis_client, prefix, lambda: stored)
-    b = SemanticIndex(redis_client, prefix, lambda: stored)
+    a = SemanticIndex(redis_client, keys, lambda: stored)
+    b = SemanticIndex(redis_client, keys, lambda: stored)
     store_and_add(a, 0)
     assert b.search("ns", unit(0))[0].key == "k0"
     for i in range(1, 5):
         store_and_add(a, i)
-    redis_client.xtrim(f"{prefix}semlog", maxlen=1)  # b's next position is gone
+    redis_client.xtrim(keys.semlog, maxlen=1)  # b's next position is gone
     assert b.search("ns", unit(2), k=1)[0].key == "k2"
     assert b.size() == 5
 
 
-def test_nearest_first(redis_client, prefix):
-    index = SemanticIndex(redis_client, prefix, nothing)
+def test_nearest_first(redis_client, keys):
+    index = SemanticIndex(redis_client, keys, nothing)
     index.sync()
     base = unit(0)
     near = base + 0.1 * unit(1)
@@ -97,8 +98,8 @@ def test_nearest_first(redis_client, prefix):
     assert [c.key for c in index.search("ns", base, k=3)] == ["same", "near", "far"]
 
 
-def test_embedding_cache_computes_each_text_once(redis_client, prefix):
-    cache = EmbeddingCache(redis_client, prefix)
+def test_embedding_cache_computes_each_text_once(redis_client, keys):
+    cache = EmbeddingCache(redis_client, keys)
     calls = []
 
     def compute(texts):
@@ -113,24 +114,24 @@ def test_embedding_cache_computes_each_text_once(redis_client, prefix):
     assert cache.embed("other-model", ["a"], compute)[1] == 1
 
 
-def _store(redis_client, prefix, lease_ms=5000):
-    lease = Lease(redis_client, prefix, lease_ms)
-    return lease, ExactStore(redis_client, prefix, lease)
+def _store(redis_client, keys, lease_ms=5000):
+    lease = Lease(redis_client, keys, lease_ms)
+    return lease, ExactStore(redis_client, keys, lease)
 
 
 def _entry(key="lead", prompt="how do I reset my router"):
     return Entry(key=key, namespace="ns", model="m", prompt=prompt, response="unplug it")
 
 
-def test_a_follower_joins_a_running_leader_and_gets_its_answer(redis_client, prefix):
-    lease, store = _store(redis_client, prefix)
+def test_a_follower_joins_a_running_leader_and_gets_its_answer(redis_client, keys):
+    lease, store = _store(redis_client, keys)
     assert lease.acquire("lead", "a1") and lease.claim("lead", "a1", "r")
     assert lease.acquire("f1", "b1")
     assert lease.follow("lead", Follower("f1", "b1", 0.93))
-    assert redis_client.get(lease.key("f1")) == b"r:b1"  # nobody else may generate f1 now
+    assert redis_client.get(keys.lock("f1")) == b"r:b1"  # nobody else may generate f1 now
 
     pubsub = redis_client.pubsub()
-    pubsub.subscribe(store.channel("f1"))
+    pubsub.subscribe(keys.done("f1"))
     pubsub.get_message(timeout=1)
     answered = store.finish("lead", Outcome(attempt="a1", entry=_entry()), ttl_s=60)
 
@@ -140,21 +141,21 @@ def test_a_follower_joins_a_running_leader_and_gets_its_answer(redis_client, pre
     assert (outcome.status, outcome.attempt, outcome.similarity) == ("coalesced", "b1", 0.93)
     assert outcome.matched_prompt == "how do I reset my router"
     assert store.get("f1").response == "unplug it"  # an exact alias for the follower's key
-    assert redis_client.exists(lease.key("lead"), lease.key("f1")) == 0
+    assert redis_client.exists(keys.lock("lead"), keys.lock("f1")) == 0
     pubsub.close()
 
 
-def test_nobody_follows_a_leader_that_has_finished(redis_client, prefix):
-    lease, store = _store(redis_client, prefix)
+def test_nobody_follows_a_leader_that_has_finished(redis_client, keys):
+    lease, store = _store(redis_client, keys)
     lease.acquire("lead", "a1")
     store.finish("lead", Outcome(attempt="a1", entry=_entry()), ttl_s=60)
     lease.acquire("f1", "b1")
     assert not lease.follow("lead", Follower("f1", "b1", 0.95))
-    assert redis_client.get(lease.key("f1")) == b"q:b1"  # untouched: it will lead itself
+    assert redis_client.get(keys.lock("f1")) == b"q:b1"  # untouched: it will lead itself
 
 
-def test_followers_of_followers_and_errors_are_answered(redis_client, prefix):
-    lease, store = _store(redis_client, prefix)
+def test_followers_of_followers_and_errors_are_answered(redis_client, keys):
+    lease, store = _store(redis_client, keys)
     lease.acquire("a", "1")
     lease.acquire("b", "2")
     lease.acquire("c", "3")
@@ -163,24 +164,24 @@ def test_followers_of_followers_and_errors_are_answered(redis_client, prefix):
     error = Outcome(attempt="1", error_code="llm_unavailable", error_message="boom")
     answered = store.finish("a", error, ttl_s=None)
     assert sorted(f.key for f in answered) == ["b", "c"]
-    assert redis_client.exists(*(lease.key(k) for k in "abc")) == 0
+    assert redis_client.exists(*(keys.lock(k) for k in "abc")) == 0
     assert store.get("b") is None and store.get("c") is None  # errors are never cached
 
 
-def test_heartbeat_keeps_followers_alive(redis_client, prefix):
-    lease, _ = _store(redis_client, prefix, lease_ms=1000)
+def test_heartbeat_keeps_followers_alive(redis_client, keys):
+    lease, _ = _store(redis_client, keys, lease_ms=1000)
     lease.acquire("lead", "a1")
     lease.claim("lead", "a1", "r")
     lease.acquire("f1", "b1")
     lease.follow("lead", Follower("f1", "b1", 0.9))
-    redis_client.pexpire(lease.key("f1"), 50)
+    redis_client.pexpire(keys.lock("f1"), 50)
     assert lease.extend("lead", "a1")
-    assert redis_client.pttl(lease.key("f1")) > 500
+    assert redis_client.pttl(keys.lock("f1")) > 500
     assert not lease.extend("lead", "someone-else")
 
 
-def test_a_running_claim_belongs_to_its_attempt(redis_client, prefix):
-    lease, _ = _store(redis_client, prefix)
+def test_a_running_claim_belongs_to_its_attempt(redis_client, keys):
+    lease, _ = _store(redis_client, keys)
     assert lease.acquire("k", "a")
     assert not lease.acquire("k", "b")
     assert lease.claim("k", "b", "q")  # a queued claim may be taken over ...
@@ -188,13 +189,13 @@ def test_a_running_claim_belongs_to_its_attempt(redis_client, prefix):
     assert not lease.claim("k", "a", "r")  # ... a running one may not
     assert not lease.claim("k", "b", "q")  # nor demoted by a redelivered answer task
     lease.release("k", "a")
-    assert redis_client.get(lease.key("k")) == b"r:b"
+    assert redis_client.get(keys.lock("k")) == b"r:b"
     lease.release("k", "b")
-    assert redis_client.get(lease.key("k")) is None
+    assert redis_client.get(keys.lock("k")) is None
 
 
-def test_inflight_lists_earlier_announcements_in_order(redis_client, prefix):
-    inflight = InFlightPrompts(redis_client, prefix)
+def test_inflight_lists_earlier_announcements_in_order(redis_client, keys):
+    inflight = InFlightPrompts(redis_client, keys)
     first = inflight.announce("ns", "k1", "one", unit(1))
     second = inflight.announce("ns", "k2", "two", unit(2))
     assert [f.key for f in inflight.listed("ns")] == ["k1", "k2"]

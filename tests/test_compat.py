@@ -17,7 +17,7 @@ import requests
 
 from tests.conftest import auth, nonsense_word, post_chat
 from webapp import create_app
-from webapp.compat_openai import _append_only
+from webapp.streaming import append_only
 
 MODEL = "llama3.2:1b"  # the stack's OLLAMA_MODEL
 
@@ -187,13 +187,13 @@ def test_a_retried_stream_is_spliced_where_it_repeats_and_fails_where_it_differs
     done = ("done", SimpleNamespace(entry=SimpleNamespace(response="a b c")))
     retried = [("meta", {}), ("delta", "a "), ("delta", "b "), ("reset", None),
                ("heartbeat", None), ("delta", "a "), ("delta", "b c"), done]  # fmt: skip
-    assert list(_append_only(iter(retried))) == [
+    assert list(append_only(iter(retried))) == [
         ("delta", "a "), ("delta", "b "), ("heartbeat", None), ("delta", "c"), done,
     ]  # fmt: skip
     diverged = [("delta", "a "), ("reset", None), ("delta", "x "), done]
-    assert [e for e, _ in _append_only(iter(diverged))] == ["delta", "error"]
+    assert [e for e, _ in append_only(iter(diverged))] == ["delta", "error"]
     shorter = [("delta", "a b c d"), ("reset", None), ("delta", "a b c"), done]
-    assert [e for e, _ in _append_only(iter(shorter))] == ["delta", "error"]
+    assert [e for e, _ in append_only(iter(shorter))] == ["delta", "error"]
 
 
 # --- Ollama ---------------------------------------------------------------------------------

@@ -180,7 +180,7 @@ def test_an_expired_entry_stops_matching_everywhere(stack, standin, ns):
 def test_the_size_bound_evicts_the_least_recently_hit(stack, standin, database, redis_client, ns):
     from psycopg_pool import ConnectionPool
 
-    from cache import ExactStore, Lease, SemanticIndex
+    from cache import ExactStore, Keyspace, Lease, SemanticIndex
     from cache.repo import CacheRepo
 
     old = post_chat(stack.url, {"prompt": "Why do cats purr?", **ns}).json()
@@ -197,8 +197,9 @@ def test_the_size_bound_evicts_the_least_recently_hit(stack, standin, database, 
 
     with ConnectionPool(database, min_size=1, kwargs={"autocommit": True}) as pool:
         repo = CacheRepo(pool)
-        store = ExactStore(redis_client, "flock:v1:", Lease(redis_client, "flock:v1:", 3000))
-        index = SemanticIndex(redis_client, "flock:v1:", repo.vectors)
+        keys = Keyspace("flock:v1:")
+        store = ExactStore(redis_client, keys, Lease(redis_client, keys, 3000))
+        index = SemanticIndex(redis_client, keys, repo.vectors)
         assert sweep(repo, store, index, bound) == 1
 
     assert (

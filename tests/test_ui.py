@@ -109,7 +109,7 @@ def test_ask_hit_paraphrase_dashboard_invalidate(page, standin, tmp_path):
     # A topic word of its own: no other test's question can be a hit for these.
     topic = uuid.uuid4().hex[:6]
     question = f"How do I reset my {topic} router password?"
-    # Reworded, same word order: cache/verify.py refuses "same words, other order"
+    # Reworded, same word order: cache/verify/ refuses "same words, other order"
     # (e.g. "...reset the password of my router?") as possibly another question.
     paraphrase = f"What's the way to reset my {topic} router password?"
 

@@ -1,4 +1,4 @@
-"""The second stage of a semantic hit (cache/verify.py): guards on clear examples, the
+"""The second stage of a semantic hit (cache/verify/): guards on clear examples, the
 verifier's API, and -- with the real MiniLM model -- traps rejected, paraphrases kept."""
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import Flask
 
+from settings import Settings
 from webapp import (
     api,
     auth,
@@ -25,7 +26,8 @@ from webapp import (
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__, static_folder=None)
-    app.config.from_mapping(config.from_env())
+    # The factory runs once per web process: that is when the environment is read.
+    app.config.from_mapping(config.from_settings(Settings.from_env()))
     if test_config:
         app.config.from_mapping(test_config)
     if not app.config["SECRET_KEY"]:

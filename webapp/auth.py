@@ -11,12 +11,15 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import wraps
+from typing import ParamSpec, TypeVar
 
 import click
 import psycopg
-from flask import Blueprint, Flask, g, jsonify, request, session
+from flask import Blueprint, Flask, Response, g, jsonify, request, session
+from flask.typing import ResponseReturnValue
 
 from webapp import db
 from webapp.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
@@ -30,6 +33,8 @@ _KEY_CACHE_S = 60
 _KEY_MEMORY_S = 10
 _recent_keys: dict[str, tuple[User, float]] = {}
 _UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -58,18 +63,18 @@ def current_user() -> User:
     return g.user
 
 
-def login_required(view):
+def login_required(view: Callable[P, R]) -> Callable[P, R]:
     @wraps(view)
-    def wrapped(*args, **kwargs):
+    def wrapped(*args: P.args, **kwargs: P.kwargs) -> R:
         current_user()
         return view(*args, **kwargs)
 
     return wrapped
 
 
-def admin_required(view):
+def admin_required(view: Callable[P, R]) -> Callable[P, R]:
     @wraps(view)
-    def wrapped(*args, **kwargs):
+    def wrapped(*args: P.args, **kwargs: P.kwargs) -> R:
         if not current_user().is_admin:
             raise Forbidden("this endpoint is for admins")
         return view(*args, **kwargs)
@@ -88,7 +93,7 @@ def _from_api_key() -> User | None:
     known = remembered(digest)
     if known is not None:
         return known
-    cache_key = f"{services().store.prefix}apikey:{digest}"
+    cache_key = services().keys.apikey(digest)
     cached = services().redis.get(cache_key)
     if cached is not None:
         if cached == b"":
@@ -102,11 +107,12 @@ def _from_api_key() -> User | None:
             " WHERE k.key_hash = %s AND k.revoked_at IS NULL",
             (digest,),
         ).fetchone()
-    user = User(*row) if row else None
-    services().redis.set(cache_key, json.dumps(asdict(user)) if user else "", ex=_KEY_CACHE_S)
-    if user is not None:
-        _recent_keys[digest] = (user, time.monotonic() + _KEY_MEMORY_S)
-    return user or _invalid_key()
+    found = User(*row) if row else None
+    services().redis.set(cache_key, json.dumps(asdict(found)) if found else "", ex=_KEY_CACHE_S)
+    if found is None:
+        return _invalid_key()
+    _recent_keys[digest] = (found, time.monotonic() + _KEY_MEMORY_S)
+    return found
 
 
 def remembered(digest: str) -> User | None:
@@ -176,7 +182,7 @@ def _credentials() -> tuple[str, str]:
     return name.strip(), password
 
 
-def _start_session(user: User):
+def _start_session(user: User) -> Response:
     session.clear()
     session["user_id"] = user.id
     session["csrf"] = secrets.token_urlsafe(32)
@@ -185,13 +191,13 @@ def _start_session(user: User):
 
 
 @bp.post("/auth/register")
-def register():
+def register() -> ResponseReturnValue:
     name, password = _credentials()
     return _start_session(create_user(name, password)), 201
 
 
 @bp.post("/auth/login")
-def login():
+def login() -> ResponseReturnValue:
     name, password = _credentials()
     with db.pool().connection() as conn:
         row = conn.execute(
@@ -203,14 +209,14 @@ def login():
 
 
 @bp.post("/auth/logout")
-def logout():
+def logout() -> ResponseReturnValue:
     session.clear()
     return jsonify({"ok": True})
 
 
 @bp.get("/auth/me")
 @login_required
-def me():
+def me() -> ResponseReturnValue:
     return jsonify({"user": _public(current_user()), "csrf_token": session.get("csrf")})
 
 
@@ -220,7 +226,7 @@ def _public(user: User) -> dict:
 
 @bp.get("/keys")
 @login_required
-def list_keys():
+def list_keys() -> ResponseReturnValue:
     with db.pool().connection() as conn:
         rows = conn.execute(
             "SELECT id, name, prefix, created_at, last_used_at, revoked_at FROM api_keys"
@@ -233,7 +239,7 @@ def list_keys():
 
 @bp.post("/keys")
 @login_required
-def add_key():
+def add_key() -> ResponseReturnValue:
     body = request.get_json(silent=True) or {}
     name = body.get("name", "default") if isinstance(body, dict) else None
     if not isinstance(name, str) or not 1 <= len(name) <= 64:
@@ -244,7 +250,7 @@ def add_key():
 
 @bp.delete("/keys/<int:key_id>")
 @login_required
-def revoke_key(key_id: int):
+def revoke_key(key_id: int) -> ResponseReturnValue:
     with db.pool().connection() as conn:
         row = conn.execute(
             "UPDATE api_keys SET revoked_at = now() WHERE id = %s AND user_id = %s"
@@ -253,7 +259,7 @@ def revoke_key(key_id: int):
         ).fetchone()
     if row is None:
         raise NotFound("no such active key")
-    services().redis.delete(f"{services().store.prefix}apikey:{row[0]}")
+    services().redis.delete(services().keys.apikey(row[0]))
     _recent_keys.pop(row[0], None)  # other processes forget it within _KEY_MEMORY_S
     return jsonify({"id": key_id, "revoked": True})
 

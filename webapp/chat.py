@@ -5,11 +5,12 @@
    holds it (SET NX): the winner dispatches one `answer` task, everyone waits.
 3. Wait for the outcome, polling the key and the lease now and then: a lease that
    lapsed with no answer means its worker died, and a waiter takes over.
+
+Asking without waiting (submit now, poll later) is webapp/jobs.py, on the same lease.
 """
 
 from __future__ import annotations
 
-import json
 import queue
 import random
 import threading
@@ -18,17 +19,13 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from kombu.exceptions import OperationalError
+from kombu.exceptions import OperationalError as BrokerError
 
 from cache import CacheKey, Entry, Outcome
-from webapp.errors import ApiError, LLMFailed, NotFound, WaitTimeout
+from cache.job import EXACT, Job, served_by, status
+from webapp.errors import LLMFailed, WaitTimeout
 from webapp.schemas import ChatRequest
 from webapp.services import Services
-
-
-class BrokerUnavailable(ApiError):
-    status = 503
-    code = "broker_unavailable"
 
 
 @dataclass(frozen=True)
@@ -39,6 +36,48 @@ class Answer:
     similarity: float | None = None
     matched_prompt: str | None = None
     checks: list[dict[str, Any]] | None = None  # what decided a semantic hit
+
+
+@dataclass(frozen=True)
+class Question:
+    """One request on its way to an answer: what it asks and how it may be served."""
+
+    req: ChatRequest
+    key: CacheKey
+    user_id: int
+    ttl_s: int
+    threshold: float
+    timeout_s: float
+
+    def job(self) -> Job:
+        """The task's arguments: everything a worker needs and nothing else."""
+        req = self.req
+        return Job(
+            key=self.key.exact,
+            namespace=self.key.namespace,
+            prompt=self.key.prompt,
+            model=req.model,
+            messages=req.messages,
+            options=req.options,
+            # no-store reads the cache like `use`; the answer it causes is never stored.
+            mode="use" if req.mode == "no-store" else req.mode,
+            ttl=None if req.mode in ("bypass", "no-store") else self.ttl_s,
+            threshold=self.threshold,
+            scope=req.scope,
+            owner_id=self.user_id,
+        )
+
+    @property
+    def reads_cache(self) -> bool:
+        return self.req.mode in ("use", "no-store")
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """The exact cache's entry for the key (None: a miss), when the caller read it already
+    (webapp.call reads it in the same round trip as the rate limit)."""
+
+    entry: Entry | None
 
 
 @dataclass
@@ -62,145 +101,53 @@ def request_key(req: ChatRequest, user_id: int) -> CacheKey:
 
 
 def ask(
-    svc: Services,
-    req: ChatRequest,
-    key: CacheKey,
-    user_id: int,
-    ttl_s: int,
-    threshold: float,
-    timeout_s: float,
-    progress: Progress | None = None,
-    cached: Entry | None | bool = False,
+    svc: Services, q: Question, progress: Progress | None = None, lookup: Lookup | None = None
 ) -> Answer:
-    """`cached`: the exact lookup's result when the caller already made it (False: not)."""
     progress = progress or Progress()
-    if req.mode in ("use", "no-store"):
-        entry = svc.store.get(key.exact) if cached is False else cached
-        if isinstance(entry, Entry):
-            return Answer(entry, "exact", key.exact)
+    key = q.key.exact
+    if q.reads_cache:
+        entry = svc.store.get(key) if lookup is None else lookup.entry
+        if entry is not None:
+            return Answer(entry, EXACT, key)
     progress.looked_up.set()
-    stale = svc.store.get(key.exact) if req.mode == "refresh" else None
-    job = _job(req, key, user_id, ttl_s, threshold)
+    stale = svc.store.get(key) if q.req.mode == "refresh" else None
     svc.hub.start()
-    with svc.hub.watch(key.exact) as box:
-        return _wait(svc, job, box, stale.id if stale else None, timeout_s, progress)
-
-
-def _job(
-    req: ChatRequest, key: CacheKey, user_id: int, ttl_s: int, threshold: float
-) -> dict[str, Any]:
-    """The task's arguments: small JSON, everything a worker needs and nothing else."""
-    return {
-        "key": key.exact,
-        "namespace": key.namespace,
-        "prompt": key.prompt,
-        "model": req.model,
-        "messages": req.messages,
-        "options": req.options,
-        # no-store reads the cache like `use`; the answer it causes is never stored.
-        "mode": "use" if req.mode == "no-store" else req.mode,
-        "ttl": None if req.mode in ("bypass", "no-store") else ttl_s,
-        "threshold": threshold,
-        "scope": req.scope,
-        "owner_id": user_id,
-    }
-
-
-# --- asynchronous use: submit now, poll later ----------------------------------------
-
-JOB_TTL_S = 24 * 3600
-
-
-def submit(
-    svc: Services, req: ChatRequest, key: CacheKey, user_id: int, ttl_s: int, threshold: float
-) -> str:
-    """Dispatch (or join) the answer of `req` without waiting; returns a job id."""
-    job = _job(req, key, user_id, ttl_s, threshold)
-    record = {"job": job, "user_id": user_id, "mine": [], "seen": [], "exact": False}
-    if req.mode in ("use", "no-store") and svc.store.get(key.exact) is not None:
-        record["exact"] = True
-    else:
-        _advance(svc, record)
-    job_id = uuid.uuid4().hex
-    _save(svc, job_id, record)
-    return job_id
-
-
-def poll(svc: Services, job_id: str, user_id: int) -> Answer | None:
-    """The job's answer, None while pending; raises its error. Watches the lease like a
-    waiting request: a dead worker's job is dispatched again."""
-    raw = svc.redis.get(f"{svc.store.prefix}job:{job_id}")
-    record = json.loads(raw) if raw else None
-    if record is None or record["user_id"] != user_id:
-        raise NotFound("no such job of yours")
-    key = record["job"]["key"]
-    entry, holder, failure = svc.store.peek(key)
-    if entry is not None and record["job"]["mode"] != "bypass":
-        if record["exact"]:
-            return Answer(entry, "exact", key)
-        if entry.key != key:  # an alias: a similar prompt's answer
-            return Answer(entry, "semantic", key, matched_prompt=entry.prompt)
-        return Answer(entry, "miss" if record["mine"] else "coalesced", key)
-    if (
-        holder is None
-        and failure is not None
-        and failure.attempt in record["seen"] + record["mine"]
-    ):
-        raise LLMFailed(failure.error_message or "the LLM failed", code=failure.error_code)
-    _advance(svc, record, holder)
-    _save(svc, job_id, record)
-    return None
-
-
-def _advance(svc: Services, record: dict[str, Any], holder: str | None = None) -> None:
-    if holder is None:
-        _, holder, _ = svc.store.peek(record["job"]["key"])
-    if holder is not None:
-        record["seen"] = sorted({*record["seen"], holder.partition(":")[2]})
-        return
-    mine: set[str] = set(record["mine"])
-    _take_lease(svc, record["job"], mine)
-    record["mine"] = sorted(mine)
-
-
-def _save(svc: Services, job_id: str, record: dict[str, Any]) -> None:
-    svc.redis.set(f"{svc.store.prefix}job:{job_id}", json.dumps(record), ex=JOB_TTL_S)
+    with svc.hub.watch(key) as box:
+        return _wait(svc, q, box, stale.id if stale else None, progress)
 
 
 def _wait(
     svc: Services,
-    job: dict[str, Any],
+    q: Question,
     box: queue.SimpleQueue[Outcome],
     stale_id: str | None,
-    timeout_s: float,
     progress: Progress,
 ) -> Answer:
-    key = job["key"]
+    job = q.job()
+    key = job.key
     mine: set[str] = set()
     seen: set[str] = set()  # attempts seen holding the lease while we waited
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + q.timeout_s
     # Poll often enough to notice a lapsed lease soon after it lapses.
     poll_s = min(2.0, max(0.2, svc.lease.lease_ms / 3000))
     first = True
     while True:
         entry, holder, failure = svc.store.peek(key)
-        if entry is not None and entry.id != stale_id and job["mode"] != "bypass":
+        if entry is not None and entry.id != stale_id and job.mode != "bypass":
             # Found by polling: a wake-up was missed, or the answer landed just now.
-            if first and job["mode"] == "use":
-                return Answer(entry, "exact", key)
-            status = "miss" if mine or job["mode"] != "use" else "coalesced"
-            return Answer(entry, status, key)
+            served = EXACT if first else served_by(entry.key, key)
+            return Answer(entry, status(served, job.mode, bool(mine)), key)
         if holder is not None:
             seen.add(holder.partition(":")[2])
         elif failure is not None and failure.attempt in seen | mine:
             raise LLMFailed(failure.error_message or "the LLM failed", code=failure.error_code)
         else:
-            _take_lease(svc, job, mine)
+            take_lease(svc, job, mine)
             progress.dispatched = bool(mine)
         first = False
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise WaitTimeout(f"no answer within {timeout_s:g} s")
+            raise WaitTimeout(f"no answer within {q.timeout_s:g} s")
         try:
             outcome = box.get(timeout=min(remaining, poll_s * random.uniform(0.8, 1.2)))
         except queue.Empty:
@@ -209,23 +156,24 @@ def _wait(
             raise LLMFailed(outcome.error_message or "the LLM failed", code=outcome.error_code)
         if outcome.entry is None or outcome.entry.id == stale_id:
             continue
-        status = outcome.status
-        if job["mode"] != "use":
-            status = "miss"  # refresh and bypass always ask the LLM themselves
-        elif status == "miss" and outcome.attempt not in mine:
-            status = "coalesced"
         return Answer(
-            outcome.entry, status, key, outcome.similarity, outcome.matched_prompt, outcome.checks
+            outcome.entry,
+            status(outcome.status, job.mode, outcome.attempt in mine),
+            key,
+            outcome.similarity,
+            outcome.matched_prompt,
+            outcome.checks,
         )
 
 
-def _take_lease(svc: Services, job: dict[str, Any], mine: set[str]) -> None:
+def take_lease(svc: Services, job: Job, mine: set[str]) -> None:
+    """Dispatch a new attempt at `job` if nobody holds its lease; add it to `mine`."""
     attempt = uuid.uuid4().hex
-    if not svc.lease.acquire(job["key"], attempt):
+    if not svc.lease.acquire(job.key, attempt):
         return
     try:
-        svc.dispatch("flock.answer", {**job, "attempt": attempt}, queue="embed")
-    except OperationalError as exc:
-        svc.lease.release(job["key"], attempt)
-        raise BrokerUnavailable(f"cannot reach the task broker: {exc}") from exc
+        svc.dispatch("flock.answer", replace(job, attempt=attempt).to_payload(), queue="embed")
+    except BrokerError:  # a 503 (webapp.errors); nobody is left holding a lease for nothing
+        svc.lease.release(job.key, attempt)
+        raise
     mine.add(attempt)

@@ -1,9 +1,9 @@
 """Ollama-compatible API: POST /api/chat, POST /api/generate, GET /api/tags, GET /api/version.
 
 Point an Ollama client at Flock (with `Authorization: Bearer <Flock API key>`) and it
-is answered by the native path (the bridge in webapp/compat_openai.py): same keys,
-cache, single flight and request log. As Ollama does, answers stream as NDJSON unless
-the body says `"stream": false`, and errors are `{"error": "..."}`.
+is answered by the native path (a thin adapter on webapp/call.py): same keys, cache,
+single flight and request log. As Ollama does, answers stream as NDJSON unless the body
+says `"stream": false`, and errors are `{"error": "..."}` (with the native status).
 
 What Flock cannot honour is refused with a 400 rather than silently ignored: images,
 tools, `format`, `think`, and on /api/generate `raw`, `context`, `suffix`, `template`.
@@ -22,20 +22,22 @@ from typing import Any
 
 import requests
 from flask import Blueprint, Response, current_app, jsonify, stream_with_context
+from flask.typing import ResponseReturnValue
 
 from cache import Entry
-from webapp.api import authorize
-from webapp.auth import current_user
-from webapp.compat_openai import (
+from webapp.auth import User, current_user
+from webapp.call import (
     Call,
-    Event,
     cache_headers,
     cached_models,
     finish_reason,
     read_json,
     register_errors,
+    with_header_mode,
 )
 from webapp.errors import BadRequest
+from webapp.services import services
+from webapp.streaming import Event
 
 bp = Blueprint("compat_ollama", __name__, url_prefix="/api")
 register_errors(bp, lambda err: {"error": err.message})
@@ -51,9 +53,9 @@ _UNSUPPORTED = {
 
 
 @bp.post("/chat")
-def chat_view():
+def chat_view() -> ResponseReturnValue:
     started = time.perf_counter()
-    user = authorize()
+    user = current_user()
     body = _body("chat")
     messages = body.get("messages")
     if isinstance(messages, list):
@@ -62,13 +64,13 @@ def chat_view():
                 raise BadRequest(f"messages[{i}]: images and tool calls are not supported")
         messages = [{"role": m.get("role"), "content": m.get("content")} if isinstance(m, dict)
                     else m for m in messages]  # fmt: skip
-    return _answer("chat", Call.start(_fields(body, messages), user, started))
+    return _answer("chat", _fields(body, messages), user, started)
 
 
 @bp.post("/generate")
-def generate_view():
+def generate_view() -> ResponseReturnValue:
     started = time.perf_counter()
-    user = authorize()
+    user = current_user()
     body = _body("generate")
     prompt, system = body.get("prompt"), body.get("system")
     if not isinstance(prompt, str) or not prompt.strip():
@@ -77,7 +79,7 @@ def generate_view():
         raise BadRequest("'system' must be a string")
     messages = [{"role": "system", "content": system}] if system and system.strip() else []
     messages.append({"role": "user", "content": prompt})
-    return _answer("generate", Call.start(_fields(body, messages), user, started))
+    return _answer("generate", _fields(body, messages), user, started)
 
 
 def _body(kind: str) -> dict[str, Any]:
@@ -100,12 +102,14 @@ def _fields(body: dict[str, Any], messages: Any) -> dict[str, Any]:
     return fields
 
 
-def _answer(kind: str, call: Call) -> Response:
+def _answer(kind: str, fields: dict[str, Any], user: User, started: float) -> Response:
+    call = Call.prepare(services(), current_app.config, with_header_mode(fields), user, started)
+    lookup = call.admit()
     if call.req.stream:
-        headers, events = call.stream()
+        headers, events = call.stream(lookup)
         return Response(stream_with_context(_lines(kind, call, events)),
                         mimetype="application/x-ndjson", headers=headers)  # fmt: skip
-    answer = call.ask()
+    answer = call.ask(lookup=lookup)
     resp = jsonify(_final(kind, call, answer.entry, answer.entry.response))
     resp.headers.update(cache_headers(answer.status, answer.similarity))
     return resp
@@ -152,7 +156,7 @@ def _line(obj: dict[str, Any]) -> str:
 
 
 @bp.get("/tags")
-def tags():
+def tags() -> ResponseReturnValue:
     user = current_user()
     try:
         return jsonify(_upstream("tags"))
@@ -167,7 +171,7 @@ def tags():
 
 
 @bp.get("/version")
-def version():
+def version() -> ResponseReturnValue:
     current_user()
     try:
         return jsonify({"version": _upstream("version")["version"]})

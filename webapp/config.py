@@ -1,43 +1,35 @@
-"""Web-tier settings, read once from the environment (12-factor)."""
+"""The web tier's Flask config, made from the process's `Settings` (settings.py)."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from typing import Any
 
+from settings import Settings
 
-def from_env(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
+
+def from_settings(s: Settings) -> dict[str, Any]:
     return {
-        "REDIS_URL": env.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
-        "CELERY_BROKER_URL": env.get("CELERY_BROKER_URL")
-        or env.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
-        "DATABASE_URL": env.get("DATABASE_URL", "postgresql:///flock"),
-        "DATABASE_POOL_SIZE": int(env.get("DATABASE_POOL_SIZE", "10")),
-        "SECRET_KEY": env.get("SECRET_KEY"),
-        "REQUESTS_PER_MINUTE": int(env.get("REQUESTS_PER_MINUTE", "600")),
-        "REQUEST_LOG_INTERVAL_S": float(env.get("REQUEST_LOG_INTERVAL_S", "1.0")),
-        "KEY_PREFIX": env.get("FLOCK_KEY_PREFIX", "flock:v1:"),
-        "OLLAMA_URL": env.get("OLLAMA_URL", "http://127.0.0.1:11434"),
-        "LLM_BACKEND": env.get("LLM_BACKEND", "ollama"),
-        "FLOWER_URL": env.get("FLOWER_URL", "http://127.0.0.1:5555"),
-        "OLLAMA_MODEL": env.get("OLLAMA_MODEL", "llama3.2:1b"),
-        "SEMANTIC_THRESHOLD": _threshold(env.get("SEMANTIC_THRESHOLD", "0.8")),
-        "CACHE_TTL": int(env.get("CACHE_TTL", str(7 * 24 * 3600))),
-        "LOCK_LEASE_MS": int(env.get("LOCK_LEASE_MS", "10000")),
-        "REQUEST_TIMEOUT_S": float(env.get("REQUEST_TIMEOUT_S", "120")),
-        "MAX_PROMPT_CHARS": int(env.get("MAX_PROMPT_CHARS", "32000")),
-        "REDIS_MAX_CONNECTIONS": int(env.get("REDIS_MAX_CONNECTIONS", "100")),
+        "REDIS_URL": s.redis_url,
+        "CELERY_BROKER_URL": s.broker_url,
+        "DATABASE_URL": s.database_url,
+        "DATABASE_POOL_SIZE": s.database_pool_size,
+        "SECRET_KEY": s.secret_key,
+        "REQUESTS_PER_MINUTE": s.requests_per_minute,
+        "REQUEST_LOG_INTERVAL_S": s.request_log_interval_s,
+        "KEY_PREFIX": s.flock_key_prefix,
+        "OLLAMA_URL": s.ollama_url,
+        "LLM_BACKEND": s.llm_backend,
+        "FLOWER_URL": s.flower_url,
+        "OLLAMA_MODEL": s.ollama_model,
+        "SEMANTIC_THRESHOLD": s.semantic_threshold,
+        "CACHE_TTL": s.cache_ttl,
+        "LOCK_LEASE_MS": s.lock_lease_ms,
+        "REQUEST_TIMEOUT_S": s.request_timeout_s,
+        "MAX_PROMPT_CHARS": s.max_prompt_chars,
+        "REDIS_MAX_CONNECTIONS": s.redis_max_connections,
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
-        "SESSION_COOKIE_SECURE": env.get("SESSION_COOKIE_SECURE", "0") == "1",
+        "SESSION_COOKIE_SECURE": s.session_cookie_secure,
         # Flask refuses bigger bodies with 413 before parsing them.
-        "MAX_CONTENT_LENGTH": int(env.get("MAX_BODY_BYTES", str(1024 * 1024))),
+        "MAX_CONTENT_LENGTH": s.max_body_bytes,
     }
-
-
-def _threshold(raw: str) -> float:
-    value = float(raw)
-    if not 0 <= value <= 1:
-        raise ValueError(f"SEMANTIC_THRESHOLD must be within 0..1, not {raw}")
-    return value

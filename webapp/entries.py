@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
+from flask.typing import ResponseReturnValue
 from psycopg.rows import dict_row
 
 from webapp import db
@@ -45,7 +46,7 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
 
 @bp.get("/entries")
 @login_required
-def list_entries():
+def list_entries() -> ResponseReturnValue:
     where, params = _visible(current_user())
     clauses, args = [where, "invalidated_at IS NULL", "expires_at > now()"], list(params)
     if q := request.args.get("q"):
@@ -79,7 +80,7 @@ def _get_visible(entry_id: str) -> dict[str, Any]:
 
 @bp.get("/entries/<entry_id>")
 @login_required
-def show_entry(entry_id: str):
+def show_entry(entry_id: str) -> ResponseReturnValue:
     row = _get_visible(entry_id)
     row.pop("key", None)
     row.pop("namespace", None)
@@ -88,42 +89,37 @@ def show_entry(entry_id: str):
 
 @bp.delete("/entries/<entry_id>")
 @login_required
-def invalidate_entry(entry_id: str):
+def invalidate_entry(entry_id: str) -> ResponseReturnValue:
     row = _get_visible(entry_id)
     user = current_user()
     if not user.is_admin and row["owner_id"] != user.id:
         raise Forbidden("only the user who caused an entry, or an admin, may invalidate it")
-    removed = services().repo.invalidate("id = %s", (entry_id,), "invalidated")
+    removed = services().repo.invalidate("invalidated", entry_id=entry_id)
     services().forget(removed)
     return jsonify({"invalidated": [r.id for r in removed]})
 
 
 @bp.post("/entries/invalidate")
 @admin_required
-def invalidate_many():
+def invalidate_many() -> ResponseReturnValue:
     body = request.get_json(silent=True)
     if not isinstance(body, dict) or not ({"model", "older_than_s"} & set(body)):
         raise BadRequest("give 'model' and/or 'older_than_s'")
-    clauses, args = [], []
-    if "model" in body:
-        if not isinstance(body["model"], str):
-            raise BadRequest("'model' must be a string")
-        clauses.append("model = %s")
-        args.append(body["model"])
-    if "older_than_s" in body:
-        age = body["older_than_s"]
-        if isinstance(age, bool) or not isinstance(age, int | float) or age < 0:
-            raise BadRequest("'older_than_s' must be a non-negative number")
-        clauses.append("created_at < now() - make_interval(secs => %s)")
-        args.append(age)
-    removed = services().repo.invalidate(" AND ".join(clauses), tuple(args), "invalidated")
+    model, age = body.get("model"), body.get("older_than_s")
+    if "model" in body and not isinstance(model, str):
+        raise BadRequest("'model' must be a string")
+    if "older_than_s" in body and (
+        isinstance(age, bool) or not isinstance(age, int | float) or age < 0
+    ):
+        raise BadRequest("'older_than_s' must be a non-negative number")
+    removed = services().repo.invalidate("invalidated", model=model, older_than_s=age)
     services().forget(removed)
     return jsonify({"invalidated": len(removed)})
 
 
 @bp.post("/feedback")
 @login_required
-def feedback():
+def feedback() -> ResponseReturnValue:
     body = request.get_json(silent=True)
     if not isinstance(body, dict) or not isinstance(body.get("id"), str):
         raise BadRequest("'id' (the answer's id) is required")
@@ -139,14 +135,14 @@ def feedback():
             " similarity) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
             (body["id"], user.id, body["good"], row["outcome"],
              entry["namespace"] if entry else None, row["prompt"],
-             entry["prompt"] if semantic else None, row["similarity"]),
+             entry["prompt"] if semantic and entry else None, row["similarity"]),
         )  # fmt: skip
     if body["good"]:
         return jsonify({"id": body["id"], "recorded": True, "invalidated": []})
-    removed = services().repo.invalidate("id = %s", (row["entry_id"],), "feedback")
+    removed = services().repo.invalidate("feedback", entry_id=row["entry_id"])
     services().forget(removed)
     threshold = None
-    if semantic and row["similarity"] is not None:
+    if semantic and entry is not None and row["similarity"] is not None:
         threshold = _tighten(entry["namespace"], row["similarity"])
     return jsonify(
         {
@@ -164,7 +160,7 @@ def _tighten(namespace: str, similarity: float) -> float:
     base = current_app.config["SEMANTIC_THRESHOLD"]
     wanted = min(0.995, max(base, similarity + 0.01))
     with db.pool().connection() as conn:
-        (threshold,) = conn.execute(
+        row = conn.execute(
             "INSERT INTO namespace_thresholds (namespace, threshold, wrong_hits)"
             " VALUES (%s, %s, 1) ON CONFLICT (namespace) DO UPDATE SET"
             " threshold = greatest(namespace_thresholds.threshold, excluded.threshold),"
@@ -172,7 +168,9 @@ def _tighten(namespace: str, similarity: float) -> float:
             " RETURNING threshold",
             (namespace, wanted),
         ).fetchone()
-    services().redis.hset(f"{services().store.prefix}nsthreshold", namespace, str(threshold))
+    assert row is not None  # an upsert with RETURNING gives its row
+    (threshold,) = row
+    services().redis.hset(services().keys.nsthreshold, namespace, str(threshold))
     return float(threshold)
 
 
@@ -202,7 +200,7 @@ def _answer(answer_id: str, user: User) -> dict[str, Any]:
 
 @bp.get("/stats")
 @login_required
-def stats():
+def stats() -> ResponseReturnValue:
     window = _int_arg("window", 3600, 1, 366 * 24 * 3600)
     with db.pool().connection() as conn:
         rows = (

@@ -1,25 +1,34 @@
-"""The API's errors: one JSON shape, `{"error": {"code", "message"}}`, one handler.
+"""The API's errors: one tree, one mapping from any exception to it, one JSON shape.
 
-ApiError            base, 500 internal_error
-├── BadRequest      400 (malformed JSON, missing or mistyped fields, unknown roles...)
-├── Unauthorized    401 no or unknown credentials
-├── Forbidden       403 not allowed (not an admin, missing CSRF token, another's entry)
-├── NotFound        404
-├── Conflict        409 (a taken user name)
-├── TooLarge        413 prompt or body over the limit
-├── RateLimited     429 over REQUESTS_PER_MINUTE (with Retry-After)
-├── LLMFailed       502 the LLM failed for good (carries its message)
-│   (Redis or PostgreSQL unreachable: 503, from their own exceptions)
-└── WaitTimeout     504 no answer within REQUEST_TIMEOUT_S
+ApiError                base, 500 internal_error
+├── BadRequest          400 (malformed JSON, missing or mistyped fields, unknown roles...)
+├── Unauthorized        401 no or unknown credentials
+├── Forbidden           403 not allowed (not an admin, missing CSRF token, another's entry)
+├── NotFound            404
+├── Conflict            409 (a taken user name)
+├── TooLarge            413 prompt or body over the limit
+├── RateLimited         429 over REQUESTS_PER_MINUTE (with Retry-After)
+├── LLMFailed           502 the LLM failed for good (carries its message)
+├── Unavailable         503 a backing service does not answer: redis_unavailable,
+│                           database_unavailable, broker_unavailable
+└── WaitTimeout         504 no answer within REQUEST_TIMEOUT_S
+
+`as_api_error` maps every exception a view may meet (Redis, PostgreSQL, the broker,
+Werkzeug's HTTP errors, bugs) to this tree, once; `respond` renders it. The native shape is
+`{"error": {"code", "message"}}`; the drop-in surfaces render the same error in their
+APIs' shapes (webapp.call.register_errors), so a fault has one status on every surface.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import psycopg
 import redis
-from flask import Flask, jsonify
+from flask import Flask, Response, jsonify
+from kombu.exceptions import OperationalError as BrokerError
 from psycopg_pool import PoolTimeout
 from werkzeug.exceptions import HTTPException
 
@@ -81,40 +90,55 @@ class LLMFailed(ApiError):
     code = "llm_error"
 
 
+class Unavailable(ApiError):
+    status = 503
+    code = "unavailable"
+
+
 class WaitTimeout(ApiError):
     status = 504
     code = "timeout"
 
 
-def error_response(status: int, code: str, message: str):
-    return jsonify({"error": {"code": code, "message": message}}), status
+class _HttpError(ApiError):
+    def __init__(self, exc: HTTPException) -> None:
+        code = (exc.name or "error").lower().replace(" ", "_")
+        super().__init__(exc.description or exc.name, code)
+        self.status = exc.code or 500
+
+
+def as_api_error(exc: BaseException) -> ApiError:
+    """The ApiError a view's exception stands for; what nobody expected is logged here."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, HTTPException):  # routing, 405, 413 from MAX_CONTENT_LENGTH, ...
+        return _HttpError(exc)
+    if isinstance(exc, redis.RedisError):
+        log.error("Redis: %s", exc)
+        return Unavailable("the cache is unreachable; try again", code="redis_unavailable")
+    if isinstance(exc, psycopg.OperationalError | PoolTimeout):
+        log.error("PostgreSQL: %s", exc)
+        return Unavailable("the database is unreachable", code="database_unavailable")
+    if isinstance(exc, BrokerError):
+        log.error("broker: %s", exc)
+        return Unavailable(f"cannot reach the task broker: {exc}", code="broker_unavailable")
+    log.error("unhandled error", exc_info=exc)
+    return ApiError("internal error")
+
+
+def native(err: ApiError) -> dict[str, Any]:
+    return {"error": {"code": err.code, "message": err.message}}
+
+
+def respond(exc: BaseException, render: Callable[[ApiError], Any] = native) -> Response:
+    """The response to `exc`: its status, `render`'s body, Retry-After when rate limited."""
+    err = as_api_error(exc)
+    resp = jsonify(render(err))
+    resp.status_code = err.status
+    if isinstance(err, RateLimited):
+        resp.headers["Retry-After"] = str(err.retry_after_s)
+    return resp
 
 
 def init_app(app: Flask) -> None:
-    @app.errorhandler(ApiError)
-    def _api_error(exc: ApiError):
-        body, status = error_response(exc.status, exc.code, exc.message)
-        if isinstance(exc, RateLimited):
-            body.headers["Retry-After"] = str(exc.retry_after_s)
-        return body, status
-
-    @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException):
-        code = (exc.name or "error").lower().replace(" ", "_")
-        return error_response(exc.code or 500, code, exc.description or exc.name)
-
-    @app.errorhandler(redis.RedisError)
-    def _redis_down(exc: redis.RedisError):
-        log.error("Redis: %s", exc)
-        return error_response(503, "redis_unavailable", "the cache is unreachable; try again")
-
-    @app.errorhandler(psycopg.OperationalError)
-    @app.errorhandler(PoolTimeout)
-    def _database_down(exc: Exception):
-        log.error("PostgreSQL: %s", exc)
-        return error_response(503, "database_unavailable", "the database is unreachable")
-
-    @app.errorhandler(Exception)
-    def _unexpected(exc: Exception):
-        log.exception("unhandled error")
-        return error_response(500, "internal_error", "internal error")
+    app.register_error_handler(Exception, respond)

@@ -21,15 +21,15 @@ from __future__ import annotations
 import io
 import logging
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import redis
 from flask import Flask
 
-from webapp import api
+from cache.job import EXACT
 from webapp.auth import remembered
+from webapp.call import ADMITTED, STARTED, Call
 from webapp.chat import Answer
 from webapp.errors import ApiError
 from webapp.passwords import key_hash
@@ -81,24 +81,23 @@ class ExactHits:
             return None
         raw = environ["wsgi.input"].read(length)
         environ["wsgi.input"] = io.BytesIO(raw)  # the view reads it again if we pass
+        svc: Services = self.app.extensions["flock"]
         try:
-            req, cache_key, threshold, _ = api.prepare(self.app.json.loads(raw), user, cfg)
+            call = Call.prepare(svc, cfg, self.app.json.loads(raw), user, started)
         except (ValueError, ApiError):
             return None
-        lookup = api.exact_lookup(req, cache_key)
-        if lookup is None or req.stream:
+        lookup = call.exact_lookup
+        if lookup is None or call.req.stream:
             return None
-        svc: Services = self.app.extensions["flock"]
         wait_s, entry = svc.admit(user.rate_key, lookup)
         # From here on the view, if it answers instead, must not admit this request again.
-        environ[api.ADMITTED] = (wait_s, entry)
-        environ[api.STARTED] = started
+        environ[ADMITTED] = (wait_s, entry)
+        environ[STARTED] = started
         if wait_s or entry is None:
             return None
-        answer = Answer(entry, "exact", lookup)
-        answer_id = uuid.uuid4().hex
-        body = api.answer_body(answer, answer_id, threshold, req, started)
-        api.log_answer(svc, answer_id, user, req, started, answer=answer)
+        answer = Answer(entry, EXACT, lookup)
+        body = call.body(answer)
+        call.log(answer)
         # What flask.jsonify would send (compact separators, trailing newline).
         return (self.app.json.dumps(body, separators=(",", ":")) + "\n").encode()
 

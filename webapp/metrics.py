@@ -17,6 +17,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from functools import lru_cache
+from typing import TypeVar
 
 import redis
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -24,7 +25,10 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from cache import Keyspace
+
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 OUTCOMES = ("exact", "semantic", "coalesced", "miss", "error")
 QUEUES = ("embed", "llm")  # the Celery queues (celeryconfig.task_routes)
@@ -77,8 +81,8 @@ def timed_redis(url: str) -> redis.Redis:
 class RedisGauges(Collector):
     """In-flight leases (lock keys in the cache Redis) and queue depths (broker lists)."""
 
-    def __init__(self, cache_url: str, key_prefix: str, broker_url: str) -> None:
-        self.cache_url, self.key_prefix, self.broker_url = cache_url, key_prefix, broker_url
+    def __init__(self, cache_url: str, keys: Keyspace, broker_url: str) -> None:
+        self.cache_url, self.keys, self.broker_url = cache_url, keys, broker_url
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         leases = GaugeMetricFamily(
@@ -102,7 +106,7 @@ class RedisGauges(Collector):
     def _count_leases(self) -> int:
         client = timed_redis(self.cache_url)
         n = 0
-        for _ in client.scan_iter(match=f"{self.key_prefix}lock:*", count=1000):
+        for _ in client.scan_iter(match=self.keys.lock_pattern, count=1000):
             n += 1
             if n >= MAX_LEASES_COUNTED:
                 break
@@ -115,7 +119,7 @@ class RedisGauges(Collector):
         return dict(zip(QUEUES, pipe.execute(), strict=True))
 
 
-def _safely(read: Callable[[], object]):
+def _safely(read: Callable[[], T]) -> T | None:
     """A gauge whose source is down (or misconfigured) is left out of the scrape rather
     than failing it: the counters are still worth having."""
     try:

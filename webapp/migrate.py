@@ -8,11 +8,12 @@ serialises the runs, and each file is applied and recorded in one transaction.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
 import psycopg
+
+from settings import Settings
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _LOCK_ID = 0x466C6F636B  # "Flock": the advisory lock every migration run takes
@@ -45,11 +46,7 @@ def migrate(database_url: str) -> list[str]:
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    url = os.environ.get("DATABASE_URL")
-    if not url:
-        print("DATABASE_URL is not set", file=sys.stderr)
-        return 2
-    applied = migrate(url)
+    applied = migrate(Settings.from_env().database_url)
     print(f"migrations: {len(applied)} applied ({', '.join(applied) or 'up to date'})")
     return 0
 

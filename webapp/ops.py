@@ -18,11 +18,13 @@ from typing import Any
 
 import requests
 from flask import Blueprint, Response, current_app, jsonify
+from flask.typing import ResponseReturnValue
 from prometheus_client import CONTENT_TYPE_LATEST
 from psycopg_pool import ConnectionPool
 
 from tasks.app import app as celery_app
 from webapp import db, metrics
+from webapp.services import services
 
 bp = Blueprint("ops", __name__)
 
@@ -32,39 +34,39 @@ WORKER_ROLES = ("embedder", "llm")  # Procfile: -n embedder@%h, -n llm@%h
 
 
 @bp.get("/healthz")
-def healthz():
+def healthz() -> ResponseReturnValue:
     return jsonify({"status": "ok"})
 
 
 @bp.get("/api/v1/config")
-def public_config():
+def public_config() -> ResponseReturnValue:
     # No login: the sign-in page shows the backend note too, and nothing here is secret.
     return jsonify(
         {
-            "flower_url": current_app.config.get("FLOWER_URL") or None,
-            "llm_backend": current_app.config.get("LLM_BACKEND", "ollama"),
+            "flower_url": current_app.config["FLOWER_URL"] or None,
+            "llm_backend": current_app.config["LLM_BACKEND"],
         }
     )
 
 
 @bp.get("/metrics")
-def metrics_view():
+def metrics_view() -> ResponseReturnValue:
     cfg = current_app.config
-    gauges = metrics.RedisGauges(cfg["REDIS_URL"], cfg["KEY_PREFIX"], cfg["CELERY_BROKER_URL"])
+    gauges = metrics.RedisGauges(cfg["REDIS_URL"], services().keys, cfg["CELERY_BROKER_URL"])
     return Response(metrics.render(gauges), content_type=CONTENT_TYPE_LATEST)
 
 
 @bp.get("/readyz")
-def readyz():
+def readyz() -> ResponseReturnValue:
     cfg = current_app.config
-    backend = cfg.get("LLM_BACKEND", "ollama")
+    backend = cfg["LLM_BACKEND"]
     probes: dict[str, Callable[[], Any]] = {
         "redis": partial(_redis, cfg["REDIS_URL"]),
         "postgres": partial(_postgres, db.pool()),
         "workers": partial(_workers, cfg["CELERY_BROKER_URL"]),
     }
     if backend != "embedded":
-        probes["llm_backend"] = partial(_ollama, cfg.get("OLLAMA_URL", "http://127.0.0.1:11434"))
+        probes["llm_backend"] = partial(_ollama, cfg["OLLAMA_URL"])
     results = _run(probes, READY_TIMEOUT_S)
 
     ping = results.pop("workers")

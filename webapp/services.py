@@ -12,7 +12,7 @@ from typing import Any
 import redis
 from flask import Flask, current_app
 
-from cache import Entry, ExactStore, Lease, SemanticIndex, WakeupHub
+from cache import Entry, ExactStore, Keyspace, Lease, SemanticIndex, WakeupHub
 from cache.ratelimit import RateLimiter
 from cache.repo import CacheRepo, Removed
 from cache.store import forget_everywhere
@@ -25,6 +25,7 @@ from webapp.reqlog import RequestLog
 @dataclass(frozen=True)
 class Services:
     redis: redis.Redis
+    keys: Keyspace
     lease: Lease
     store: ExactStore
     hub: WakeupHub
@@ -37,50 +38,48 @@ class Services:
     def admit(self, rate_key: str, exact_key: str | None) -> tuple[float, Entry | None]:
         """One Redis command for an exact hit: take a rate-limit token and read the cached
         answer together. Returns (seconds to wait, or 0; the entry, if any)."""
-        key = self.store.resp_key(exact_key) if exact_key is not None else None
+        key = self.keys.resp(exact_key) if exact_key is not None else None
         wait_s, raw = self.limiter.take_and_get(rate_key, key)
         return wait_s, (Entry.from_json(raw) if raw else None)
 
     def forget(self, removed: list[Removed]) -> None:
         forget_everywhere(removed, self.store, self.index)
 
-    def dispatch(self, task: str, job: dict[str, Any], queue: str) -> None:
-        celery_app.send_task(task, args=[job], queue=queue)
+    def dispatch(self, task: str, payload: dict[str, Any], queue: str) -> None:
+        """Send a task by name (a job's payload: cache.job): no task module is loaded here."""
+        celery_app.send_task(task, args=[payload], queue=queue)
 
 
 def init_app(app: Flask) -> None:
     cfg = app.config
     # Blocking pool: under a burst, requests wait for a free connection instead of
     # failing with "Too many connections".
-    pool = redis.BlockingConnectionPool.from_url(
+    redis_pool = redis.BlockingConnectionPool.from_url(
         cfg["REDIS_URL"], max_connections=cfg["REDIS_MAX_CONNECTIONS"], timeout=10
     )
-    client = redis.Redis(connection_pool=pool)
-    prefix = cfg["KEY_PREFIX"]
-    lease = Lease(client, prefix, cfg["LOCK_LEASE_MS"])
-    store = ExactStore(client, prefix, lease)
+    client = redis.Redis(connection_pool=redis_pool)
+    keys = Keyspace(cfg["KEY_PREFIX"])
+    lease = Lease(client, keys, cfg["LOCK_LEASE_MS"])
+    store = ExactStore(client, keys, lease)
     # The subscriber holds its connection for good: give it its own, outside the pool.
-    hub = WakeupHub(
-        redis.Redis.from_url(cfg["REDIS_URL"], health_check_interval=30),
-        store.channel_pattern,
-        prefix_len=len(store.channel("")),
-    )
+    hub = WakeupHub(redis.Redis.from_url(cfg["REDIS_URL"], health_check_interval=30), keys)
     celery_app.conf.broker_url = cfg["CELERY_BROKER_URL"]
     pool = db.pool_of(app)
     repo = CacheRepo(pool)
     app.extensions["flock"] = Services(
         redis=client,
+        keys=keys,
         lease=lease,
         store=store,
         hub=hub,
         repo=repo,
         # The web only ever publishes removals: it never loads or searches vectors.
-        index=SemanticIndex(client, prefix, source=lambda: ()),
-        limiter=RateLimiter(client, prefix, cfg["REQUESTS_PER_MINUTE"]),
+        index=SemanticIndex(client, keys, source=lambda: ()),
+        limiter=RateLimiter(client, keys, cfg["REQUESTS_PER_MINUTE"]),
         log=RequestLog(pool, cfg["REQUEST_LOG_INTERVAL_S"]),
         tokens=TokenHub(
             redis.Redis.from_url(cfg["REDIS_URL"], health_check_interval=30),
-            TokenWriter(client, prefix),
+            TokenWriter(client, keys),
         ),
     )
 

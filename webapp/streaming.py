@@ -1,9 +1,10 @@
-"""Server-Sent Events for POST /api/v1/chat with "stream": true.
+"""Streamed answers: the relay every streaming surface renders (native SSE, OpenAI's SSE,
+Ollama's NDJSON).
 
-The answer is computed exactly as without streaming (webapp.chat.ask, in a side
+The answer is computed exactly as without streaming (webapp.call.Call.ask, in a side
 thread); meanwhile the request relays the key's live token stream. Events: `meta`
 once the status is known, `delta` tokens, `reset` if the LLM call was retried after
-streaming began, `done` with the whole answer body, `error`, and heartbeat comments.
+streaming began, `done` with the Answer, `error` with an ApiError, and heartbeats.
 The stream always ends with the answer's full text: whatever the live relay did not
 deliver (it lags, or the answer came from the cache) is sent before `done`.
 """
@@ -21,7 +22,7 @@ from typing import Any
 
 from cache import CacheKey
 from webapp.chat import Answer, Progress
-from webapp.errors import ApiError
+from webapp.errors import ApiError, LLMFailed, as_api_error
 from webapp.services import Services
 
 HEARTBEAT_S = 10.0
@@ -41,8 +42,8 @@ def relay(svc: Services, key: CacheKey, ask: Callable[[Progress], Answer]) -> It
     def run() -> None:
         try:
             result.put(ask(progress))
-        except ApiError as exc:
-            result.put(exc)
+        except Exception as exc:  # every failure reaches the reader, as its ApiError
+            result.put(as_api_error(exc))
 
     threading.Thread(target=run, name="stream-ask", daemon=True).start()
     sent: list[str] = []
@@ -94,6 +95,42 @@ def relay(svc: Services, key: CacheKey, ask: Callable[[Progress], Answer]) -> It
     for piece in chunks(text[len(streamed) :]):
         yield "delta", piece
     yield "done", final
+
+
+def append_only(events: Iterator[Event]) -> Iterator[Event]:
+    """Relay events for formats that can only append text.
+
+    `meta` is dropped (it went into the headers). A `reset` (the LLM call was retried
+    after streaming began) cannot be taken back, so the new text is accepted while it
+    repeats what the client already has, and the stream fails if it says otherwise."""
+    sent, redo = "", None  # redo: the text since a reset, while it catches up with `sent`
+    diverged = LLMFailed(
+        "the LLM call was retried mid-stream and its new answer differs from the text "
+        "already sent; ask again",
+        code="stream_diverged",
+    )
+    for event, data in events:
+        if event == "meta":
+            continue
+        if event == "reset":
+            redo = ""
+        elif event == "delta" and redo is None:
+            sent += data
+            yield event, data
+        elif event == "delta":
+            redo += data
+            if sent.startswith(redo):
+                continue
+            if not redo.startswith(sent):
+                yield "error", diverged
+                return
+            data, sent, redo = redo[len(sent) :], redo, None
+            yield event, data
+        elif event == "done" and sent != data.entry.response:
+            yield "error", diverged
+            return
+        else:
+            yield event, data
 
 
 def sse(event: str, data: Any) -> str:

@@ -1,0 +1,62 @@
+"""The word lists the text analysis and the guards use, loaded once from data/.
+
+stopwords.txt, negations.txt  function words; negating words
+lexicon.json                  negation prefixes, quantifier scopes, direction particles,
+                              words of comparison and of order (from/to/than/in)
+directions.json               groups of opposite poles: [name, "pole words", "other pole"]
+numbers.json                  number words, ordinals, Roman numerals
+dates.json                    months, weekdays, time units
+
+A pair differs in direction when one text uses only one pole of a group and the other
+text only the other pole (guards.guard_direction).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+DATA = Path(__file__).with_name("data")
+
+
+def _words(name: str) -> frozenset[str]:
+    lines = (DATA / name).read_text(encoding="utf-8").splitlines()
+    return frozenset(w for line in lines if not line.startswith("#") for w in line.split())
+
+
+def _json(name: str) -> Any:
+    return json.loads((DATA / name).read_text(encoding="utf-8"))
+
+
+_lexicon, _numbers, _dates = _json("lexicon.json"), _json("numbers.json"), _json("dates.json")
+
+STOPWORDS = _words("stopwords.txt")
+NEGATIONS = _words("negations.txt")
+NEG_PREFIXES: tuple[str, ...] = tuple(_lexicon["negation_prefixes"])
+SCOPE: dict[str, str] = _lexicon["scope"]
+DIRECTION_GROUPS: tuple[tuple[str, frozenset[str], frozenset[str]], ...] = tuple(
+    (name, frozenset(pos.split()), frozenset(neg.split()))
+    for name, pos, neg in _json("directions.json")
+)
+# Particles that only carry a direction in these verb phrases ("zoom in", "turn off").
+PARTICLE_VERBS = frozenset(_lexicon["particle_verbs"].split())
+PARTICLES = frozenset(_lexicon["particles"].split())
+SYMMETRIC = frozenset(_lexicon["symmetric"].split())
+FLOW_MARKERS: dict[str, str] = _lexicon["flow_markers"]
+ROLE_SKIP = frozenset(_lexicon["role_skip"].split())
+# Skipped left of "than": "Everest (is) taller than" pairs Everest, not taller.
+COMPARATIVES = ROLE_SKIP | frozenset(_lexicon["comparatives"].split())
+
+UNITS: dict[str, int] = _numbers["units"]
+TENS: dict[str, int] = _numbers["tens"]
+SCALES: dict[str, int] = _numbers["scales"]
+ORDINALS: dict[str, int] = _numbers["ordinals"]
+ROMAN: dict[str, int] = _numbers["roman"]
+
+MONTHS = frozenset(_dates["months"].split())
+AMBIGUOUS_MONTHS = frozenset(_dates["ambiguous_months"].split())  # only when Capitalised
+DAYS = frozenset(_dates["days"].split())
+TIME_UNITS: dict[str, str] = {
+    word: unit for unit, words in _dates["time_units"].items() for word in words.split()
+}

@@ -1,0 +1,127 @@
+"""Flock's settings: every environment variable it reads, each with its one default.
+
+The web tier (webapp/config.py makes Flask's config of it) and the workers (celeryconfig.py,
+tasks/) read the same `Settings`; cache/ and inference/ take what they need as constructor
+arguments and never read the environment. A field's variable is its name in upper case;
+.env.sample and the README document each one (tests/test_layout.py checks).
+
+Unset variables take the default. An empty value means "none" for the optional ones
+(CELERY_BROKER_URL=, SECRET_KEY= as .env.sample has them). A value that does not parse
+or is out of range stops the process at start with a ValueError naming the variable.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+LLM_BACKENDS = ("ollama", "embedded", "auto")
+
+
+@dataclass(frozen=True)
+class Settings:
+    # services
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    celery_broker_url: str | None = None  # None: the cache's Redis (see `broker_url`)
+    flock_key_prefix: str = "flock:v1:"
+    database_url: str = "postgresql:///flock"
+    database_pool_size: int = 10  # per web process
+    redis_max_connections: int = 100  # per web process
+    # security
+    secret_key: str | None = None  # required by the web tier; no default on purpose
+    session_cookie_secure: bool = False
+    requests_per_minute: int = 600  # per API key; 0: no limit
+    # the LLM
+    ollama_url: str = "http://127.0.0.1:11434"
+    ollama_model: str = "llama3.2:1b"
+    llm_backend: str = "auto"  # ollama | embedded (SmolLM2-135M in the llm worker) | auto
+    llm_timeout_s: float = 120.0
+    llm_max_retries: int = 2
+    llm_retry_backoff_s: float = 0.5
+    llm_verify_band: float | None = None  # the uncertain band; None: off
+    # caching and waiting
+    semantic_threshold: float = 0.8
+    cache_ttl: int = 7 * 24 * 3600
+    lock_lease_ms: int = 10_000
+    request_timeout_s: float = 120.0
+    max_prompt_chars: int = 32_000
+    max_body_bytes: int = 1024 * 1024
+    request_log_interval_s: float = 1.0
+    embed_cache_dir: str = "var/models"
+    cache_max_entries: int = 100_000
+    evict_interval_s: float = 30.0
+    # operations
+    flower_url: str = "http://127.0.0.1:5555"
+
+    def __post_init__(self) -> None:
+        for name in ("semantic_threshold", "llm_verify_band"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name.upper()} must be within 0..1, not {value}")
+        if self.llm_backend not in LLM_BACKENDS:
+            raise ValueError(
+                f"LLM_BACKEND must be one of {', '.join(LLM_BACKENDS)}, not {self.llm_backend!r}"
+            )
+        positive = ("database_pool_size", "redis_max_connections", "llm_timeout_s", "cache_ttl",
+                    "lock_lease_ms", "request_timeout_s", "max_prompt_chars", "max_body_bytes",
+                    "request_log_interval_s", "evict_interval_s")  # fmt: skip
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name.upper()} must be positive, not {getattr(self, name)}")
+        for name in ("requests_per_minute", "llm_max_retries", "llm_retry_backoff_s",
+                     "cache_max_entries"):  # fmt: skip
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name.upper()} must not be negative, not {getattr(self, name)}")
+
+    @property
+    def broker_url(self) -> str:
+        """The Celery broker: CELERY_BROKER_URL, else the cache's Redis."""
+        return self.celery_broker_url or self.redis_url
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f.name.upper())
+            if raw is not None:
+                values[f.name] = _parse(f.name.upper(), hints[f.name], raw)
+        return cls(**values)
+
+
+def variables() -> list[str]:
+    """The name of every environment variable Flock reads."""
+    return [f.name.upper() for f in fields(Settings)]
+
+
+@functools.cache
+def current() -> Settings:
+    """This process's settings, read from the environment on first use."""
+    return Settings.from_env()
+
+
+_BOOLS = {"1": True, "true": True, "0": False, "false": False}
+
+
+def _parse(name: str, kind: Any, raw: str) -> Any:
+    if isinstance(kind, types.UnionType):  # `X | None`: empty means None
+        if not raw.strip():
+            return None
+        kind = next(k for k in typing.get_args(kind) if k is not type(None))
+    if kind is str:
+        return raw
+    if kind is bool:
+        if raw.strip().lower() not in _BOOLS:
+            raise ValueError(f"{name} must be 0 or 1, not {raw!r}")
+        return _BOOLS[raw.strip().lower()]
+    try:
+        return kind(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be {'an integer' if kind is int else 'a number'}, "
+                         f"not {raw!r}") from exc  # fmt: skip

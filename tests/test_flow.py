@@ -1,0 +1,200 @@
+"""tasks.flow called directly: the decision (`_decide`: lead, follow or serve), the
+semantic path, and the LLM's second opinion. Real Redis (a key prefix of this test's),
+real PostgreSQL, the real MiniLM model in this process, the Ollama stand-in over HTTP;
+no Celery: the functions the tasks wrap."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import redis
+from psycopg_pool import ConnectionPool
+
+from cache import (
+    CacheKey,
+    EmbeddingCache,
+    Entry,
+    ExactStore,
+    InFlightPrompts,
+    Keyspace,
+    Lease,
+    Outcome,
+    SemanticIndex,
+)
+from cache.job import Job
+from cache.repo import CacheRepo
+from cache.semantic import Candidate
+from cache.tokens import TokenWriter
+from cache.verify import Verifier
+from inference import OllamaClient
+from tasks import flow
+from tasks.resources import Resources
+from tests.stack import ROOT
+
+pytestmark = pytest.mark.slow  # loads MiniLM in the test process
+MODEL = "llama3.2:1b"
+
+
+@pytest.fixture(scope="module")
+def res(redis_client: redis.Redis, database: str, standin) -> Iterator[Resources]:
+    keys = Keyspace(f"t:{uuid.uuid4().hex[:8]}:")
+    lease = Lease(redis_client, keys, 5000)
+    with ConnectionPool(database, min_size=1, max_size=2, kwargs={"autocommit": True}) as pool:
+        repo = CacheRepo(pool)
+        yield Resources(
+            redis=redis_client,
+            keys=keys,
+            lease=lease,
+            store=ExactStore(redis_client, keys, lease),
+            repo=repo,
+            index=SemanticIndex(redis_client, keys, repo.vectors),
+            inflight=InFlightPrompts(redis_client, keys),
+            embeddings=EmbeddingCache(redis_client, keys),
+            tokens=TokenWriter(redis_client, keys),
+            llm=OllamaClient(standin.url),
+            max_retries=0,
+            retry_backoff_s=0.1,
+            embed_cache_dir=str(ROOT / "var" / "models"),
+            verifier=Verifier(),
+        )
+    for key in redis_client.scan_iter(match=f"{keys.prefix}*"):
+        redis_client.delete(key)
+
+
+@pytest.fixture
+def seed() -> int:
+    """A namespace of this test's own (a random `seed` option)."""
+    return uuid.uuid4().int % 2**31
+
+
+def job_for(res: Resources, prompt: str, seed: int) -> Job:
+    """The job the web would dispatch for `prompt`, with the lease taken as the web does."""
+    messages = [{"role": "user", "content": prompt}]
+    key = CacheKey.build(MODEL, messages, {"seed": seed})
+    job = Job(key=key.exact, namespace=key.namespace, prompt=key.prompt, model=MODEL,
+              messages=messages, options={"seed": seed}, mode="use", ttl=600, threshold=0.8,
+              scope="shared", owner_id=None, attempt=uuid.uuid4().hex)  # fmt: skip
+    assert res.lease.acquire(job.key, job.attempt)
+    return job
+
+
+def decide(res: Resources, job: Job) -> Job | None:
+    vector, tokens, remember = flow._embed(res, job.prompt)
+    try:
+        return flow._decide(res, job, vector, tokens)
+    finally:
+        remember()
+
+
+def outcomes(res: Resources, job: Job) -> redis.client.PubSub:
+    pubsub = res.redis.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(res.keys.done(job.key))
+    pubsub.get_message(timeout=1)  # the subscription's confirmation
+    return pubsub
+
+
+def published(pubsub: redis.client.PubSub) -> Outcome | None:
+    message = pubsub.get_message(timeout=2)
+    return Outcome.from_json(message["data"]) if message else None
+
+
+def test_a_new_question_leads(res, seed):
+    job = job_for(res, "How do I descale a kettle with vinegar?", seed)
+    led = decide(res, job)
+    assert led is not None and led.key == job.key
+    assert led.embedding is not None and len(led.embedding) == 384
+    assert res.redis.get(res.keys.lock(job.key)) == f"q:{job.attempt}".encode()
+    announced = res.inflight.listed(job.namespace)
+    assert [a.id for a in announced] == [led.inflight_id]
+    # What `generate` will read: the same job, through the payload, as a worker gets it.
+    assert Job.from_payload(json.loads(json.dumps(led.to_payload()))) == led
+
+
+def test_a_similar_question_follows_the_one_being_generated(res, seed):
+    leader = decide(res, job_for(res, "How do I descale my kettle with vinegar?", seed))
+    assert leader is not None
+    assert res.lease.claim(leader.key, leader.attempt, "r")  # `generate` has started
+    follower = job_for(res, "How can I descale a kettle using vinegar?", seed)
+    assert decide(res, follower) is None  # nothing to send to the llm queue
+    assert res.redis.get(res.keys.lock(follower.key)) == f"r:{follower.attempt}".encode()
+    # The follower withdrew its announcement: only the leader is being generated.
+    assert [a.key for a in res.inflight.listed(follower.namespace)] == [leader.key]
+
+    listening = outcomes(res, follower)
+    entry = Entry(key=leader.key, namespace=leader.namespace, model=MODEL,
+                  prompt=leader.prompt, response="Boil a 1:1 mix, rinse twice.")  # fmt: skip
+    answered = res.store.finish(leader.key, Outcome(leader.attempt, entry=entry), ttl_s=60)
+    assert [f.key for f in answered] == [follower.key]
+    got = published(listening)
+    assert got is not None and got.status == "coalesced" and got.attempt == follower.attempt
+    assert res.store.get(follower.key) == entry  # an alias of the leader's answer
+
+
+def test_the_semantic_path_serves_a_paraphrase_and_refuses_a_trap(res, standin, seed):
+    first = job_for(res, "How many calories are in 2 boiled eggs?", seed)
+    led = flow.answer(res, first)
+    assert led is not None
+    flow.generate(res, led)  # the stand-in answers; PostgreSQL, the index, Redis
+    stored = res.store.get(first.key)
+    assert stored is not None and standin.calls()["chat"] == 1
+
+    reworded = job_for(res, "How many calories do 2 boiled eggs have?", seed)
+    listening = outcomes(res, reworded)
+    assert flow.answer(res, reworded) is None
+    got = published(listening)
+    assert got is not None and got.status == "semantic", got
+    assert got.matched_prompt == first.prompt and got.similarity >= 0.8
+    assert {c["name"]: c["passed"] for c in got.checks or []}["verifier"] is True
+    assert res.store.get(reworded.key) == stored
+    assert res.redis.get(res.keys.lock(reworded.key)) is None  # released
+
+    trap = job_for(res, "How many calories are in 3 boiled eggs?", seed)
+    listening = outcomes(res, trap)
+    sent_on = flow.answer(res, trap)
+    assert sent_on is not None and sent_on.key == trap.key  # to the LLM, not served
+    assert published(listening) is None
+    assert res.store.get(trap.key) is None
+    assert standin.calls()["chat"] == 1
+
+
+def band_case(res: Resources, query: str, cached: str, seed: int) -> tuple[Job, list[Candidate]]:
+    job = job_for(res, query, seed)
+    model = res.embedder()
+    vectors = model.embed([query, cached])
+    similarity = float(np.dot(vectors[0], vectors[1]))
+    return job, [Candidate(f"entry-{uuid.uuid4().hex}", cached, similarity)]
+
+
+def second_opinion(res: Resources, job: Job, cands: list[Candidate]):
+    return flow._second_opinion(res, job, lambda: flow._tokens(res, job.prompt), cands, 0.8)
+
+
+def test_the_second_opinion_asks_the_llm_about_a_score_refusal_only(res, standin, seed):
+    banded = replace(res, llm_band=0.0)
+    # A paraphrase the shipped verifier refuses by its score (bench/data/traps.jsonl).
+    job, cands = band_case(res, "Is it safe for dogs to eat grapes?", "Can dogs eat grapes?", seed)
+    assert second_opinion(res, job, cands) is None  # the band is off: nobody asks
+    assert standin.calls()["chat"] == 0
+
+    standin.configure(reply="Yes")
+    picked = second_opinion(banded, job, cands)
+    assert picked is not None and picked[0] == cands[0]
+    cand, verdict = picked
+    checks = {c.name: c for c in verdict.checks}
+    assert verdict.accept and checks["verifier"].passed is False and checks["llm"].passed
+    assert standin.calls()["chat"] == 1
+    assert "Can dogs eat grapes?" in standin.calls()["prompts"][-1]
+
+    standin.configure(reply="No")
+    assert second_opinion(banded, job, cands) is None
+    assert standin.calls()["chat"] == 2
+
+    # A guard's veto (a negation) is never put to the LLM.
+    vetoed, cands = band_case(res, "Can dogs not eat grapes?", "Can dogs eat grapes?", seed)
+    assert second_opinion(banded, vetoed, cands) is None
+    assert standin.calls()["chat"] == 2

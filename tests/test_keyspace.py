@@ -1,0 +1,106 @@
+"""Redis key names: built in cache/keyspace.py and nowhere else, and ready for hash tags."""
+
+from __future__ import annotations
+
+import ast
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from cache import Follower, Keyspace, Lease
+
+ROOT = Path(__file__).resolve().parent.parent
+PRODUCT = ("cache", "webapp", "tasks", "inference", "settings.py", "celeryconfig.py")
+KEYSPACE = ROOT / "cache" / "keyspace.py"
+_ID = "IDENT"
+
+
+def _kinds() -> set[str]:
+    """What every Keyspace name starts with after the prefix: 'resp:', 'semlog', ..."""
+    ks = Keyspace("")
+    kinds = set()
+    for name in dir(ks):
+        if name.startswith("_") or name in ("prefix", "key_of_done"):
+            continue
+        attr = getattr(ks, name)
+        value = attr if not callable(attr) else attr(*[_ID] * (attr.__code__.co_argcount - 1))
+        for text in value if isinstance(value, tuple) else (value,):
+            head = text.partition(_ID)[0].partition("*")[0]
+            if head:
+                kinds.add(head)
+    return kinds
+
+
+def _strings(tree: ast.AST):
+    """(line, text) of every string literal and every literal part of an f-string."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            yield node.lineno, node.value
+
+
+def _prefixed(tree: ast.AST):
+    """Lines that glue something named like a prefix to more text: f"{prefix}..." or
+    prefix + "..."."""
+    for node in ast.walk(tree):
+        first = None
+        if isinstance(node, ast.JoinedStr) and len(node.values) > 1:
+            part = node.values[0]
+            first = part.value if isinstance(part, ast.FormattedValue) else None
+        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+            first = node.left
+        if first is not None and "prefix" in ast.unparse(first).lower():
+            yield node.lineno, ast.unparse(node)
+
+
+def test_key_names_are_built_in_keyspace_only():
+    kinds = _kinds()
+    assert {"resp:", "lock:", "done:", "semlog", "nsthreshold", "sweep", "job:"} <= kinds
+    found = []
+    for top in PRODUCT:
+        where = ROOT / top
+        for path in sorted(where.rglob("*.py")) if where.is_dir() else [where]:
+            if path == KEYSPACE:
+                continue
+            tree = ast.parse(path.read_text())
+            rel = path.relative_to(ROOT)
+            for line, text in _strings(tree):
+                for kind in kinds:
+                    # 'resp:' starts or sits in a name; a fixed name ('sweep') is all of it
+                    named = f":{kind}" in text if kind.endswith(":") else text == kind
+                    if text.startswith(kind if kind.endswith(":") else f"{kind}:") or named:
+                        found.append(f"{rel}:{line}: {text[:40]!r} names a {kind!r} key")
+            found += [f"{rel}:{line}: {code[:60]}" for line, code in _prefixed(tree)]
+    assert found == []
+
+
+class Tagged(Keyspace):
+    """What a Redis Cluster deployment would change: the id inside a hash tag."""
+
+    def _name(self, kind: str, ident: str) -> str:
+        return f"{self.prefix}{kind}:{{{ident}}}"
+
+
+@pytest.mark.parametrize("keys", [Keyspace("p:"), Tagged("p:")], ids=["plain", "tagged"])
+def test_names_split_around_their_id(keys):
+    assert keys.key_of_done(keys.done("abc")) == "abc"
+    head, tail = keys.lock_parts
+    assert head + "abc" + tail == keys.lock("abc")
+    assert keys.lock_pattern == f"{head}*{tail}"
+
+
+@pytest.mark.parametrize("keys", [Keyspace, Tagged], ids=["plain", "tagged"])
+def test_the_heartbeat_names_follower_locks_through_the_keyspace(redis_client, keys):
+    """Lua builds follower lock names from the keyspace's parts: tags included."""
+    ks = keys(f"t:{uuid.uuid4().hex[:8]}:")
+    lease = Lease(redis_client, ks, 1000)
+    try:
+        assert lease.claim("leader", "a1", "r")
+        assert lease.follow("leader", Follower("follower", "b1", 0.9))
+        time.sleep(0.6)
+        assert lease.extend("leader", "a1")
+        assert redis_client.pttl(ks.lock("follower")) > 700  # extended, not left to lapse
+    finally:
+        for key in redis_client.scan_iter(match=f"{ks.prefix}*"):
+            redis_client.delete(key)
