@@ -17,6 +17,7 @@ from cache import (
     Lease,
     Outcome,
     SemanticIndex,
+    WakeupHub,
 )
 
 
@@ -203,3 +204,21 @@ def test_inflight_lists_earlier_announcements_in_order(redis_client, prefix):
     inflight.withdraw("ns", first)
     assert [f.key for f in inflight.listed("ns")] == ["k2"]
     np.testing.assert_array_equal(inflight.listed("ns")[0].vector, unit(2))
+
+
+def test_wake_ups_reach_every_waiter_of_their_key_in_the_process(redis_client, prefix):
+    """The waiters of one key share the polling (webapp.chat): the hub counts them, and an
+    outcome, published by a worker or handed over by the waiter that polled, reaches them all
+    and nobody else."""
+    store = ExactStore(redis_client, prefix, Lease(redis_client, prefix, 10_000))
+    hub = WakeupHub(redis_client, store.channel_pattern, prefix_len=len(store.channel("")))
+    hub.start()
+    entry = Entry(key="k1", namespace="shared", model="m", prompt="p", response="r")
+    with hub.watch("k1") as first, hub.watch("k1") as second, hub.watch("k2") as other:
+        assert (hub.waiting("k1"), hub.waiting("k2"), hub.waiting("k3")) == (2, 1, 0)
+        redis_client.publish(store.channel("k1"), Outcome(attempt="a1", entry=entry).to_json())
+        assert first.get(timeout=5) == second.get(timeout=5) == Outcome("a1", entry)
+        hub.deliver("k1", Outcome(attempt="", entry=entry))
+        assert first.get(timeout=1) == second.get(timeout=1) == Outcome("", entry)
+        assert other.empty()
+    assert hub.waiting("k1") == hub.waiting("k2") == 0
