@@ -35,7 +35,8 @@ The clients run in --clients processes of their own (asyncio, raw HTTP/1.1, one 
 per request, `Connection: close`; see bench/burst.py for why not httpx), each with its
 RLIMIT_NOFILE raised to the hard limit, all released at the same instant. cpu_s.client is
 their own CPU time. TcpExtListenOverflows/ListenDrops (/proc/net/netstat, the whole machine)
-say whether the kernel dropped connection attempts because the listen queue was full.
+say whether the kernel dropped connection attempts because the listen queue was full. Needs
+`ss` (iproute2).
 
 Prints one JSON summary on stdout; progress goes to stderr. Exit status 1 when a floor is
 missed.
@@ -537,6 +538,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             limits = {
                 "command": procfile_web(),
                 "listen_backlog": listen_queue(int(url.rsplit(":", 1)[1]))[1],
+                "nofile_soft_at_start": SYSTEMD_SOFT_NOFILE,
                 "master_nofile": nofile_limit(web.popen.pid),
                 "somaxconn": sysctl("net.core.somaxconn"),
                 "tcp_max_syn_backlog": sysctl("net.ipv4.tcp_max_syn_backlog"),
