@@ -39,6 +39,7 @@ run: install
 # Every bench runs even when an earlier one misses a floor (each exits 1 then).
 bench: install
 	-$(PY) -m bench.burst
+	-$(PY) -m bench.hold
 	-$(PY) -m bench.exact
 	-$(PY) -m bench.semantic
 	-$(PY) -m bench.accuracy

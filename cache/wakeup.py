@@ -6,7 +6,8 @@ past the pool's limit. Instead each web process holds one PSUBSCRIBE on
 subscription is confirmed before `start()` returns, so "register, then check the
 key, then wait" cannot lose a wake-up. If the connection drops, messages sent
 meanwhile are lost: waiters therefore also poll (see webapp.chat), and the
-subscriber reconnects on its own.
+subscriber reconnects on its own. The waiters of one key share that polling: whoever
+finds the outcome hands it to the others through `deliver()`.
 """
 
 from __future__ import annotations
@@ -58,6 +59,18 @@ class WakeupHub:
                     if not boxes:
                         del self._waiters[exact_key]
 
+    def waiting(self, exact_key: str) -> int:
+        """How many requests of this process wait for `exact_key` (they share the polling)."""
+        with self._lock:
+            return len(self._waiters.get(exact_key, ()))
+
+    def deliver(self, exact_key: str, outcome: Outcome) -> None:
+        """Hand `outcome` to every waiter of `exact_key` in this process, as a wake-up does."""
+        with self._lock:
+            boxes = list(self._waiters.get(exact_key, ()))
+        for box in boxes:
+            box.put(outcome)
+
     def _run(self) -> None:
         backoff = 0.1
         while True:
@@ -85,14 +98,11 @@ class WakeupHub:
 
     def _deliver(self, channel: bytes, data: bytes) -> None:
         exact_key = self.keys.key_of_done(channel.decode())
-        with self._lock:
-            boxes = list(self._waiters.get(exact_key, ()))
-        if not boxes:
+        if not self.waiting(exact_key):
             return
         try:
             outcome = Outcome.from_json(data)
         except (ValueError, TypeError) as exc:
             log.error("dropping a malformed wake-up on %s: %s", channel, exc)
             return
-        for box in boxes:
-            box.put(outcome)
+        self.deliver(exact_key, outcome)

@@ -18,6 +18,7 @@ from cache import (
     Lease,
     Outcome,
     SemanticIndex,
+    WakeupHub,
 )
 
 
@@ -204,3 +205,20 @@ def test_inflight_lists_earlier_announcements_in_order(redis_client, keys):
     inflight.withdraw("ns", first)
     assert [f.key for f in inflight.listed("ns")] == ["k2"]
     np.testing.assert_array_equal(inflight.listed("ns")[0].vector, unit(2))
+
+
+def test_wake_ups_reach_every_waiter_of_their_key_in_the_process(redis_client, keys):
+    """The waiters of one key share the polling (webapp.chat): the hub counts them, and an
+    outcome, published by a worker or handed over by the waiter that polled, reaches them all
+    and nobody else."""
+    hub = WakeupHub(redis_client, keys)
+    hub.start()
+    entry = Entry(key="k1", namespace="shared", model="m", prompt="p", response="r")
+    with hub.watch("k1") as first, hub.watch("k1") as second, hub.watch("k2") as other:
+        assert (hub.waiting("k1"), hub.waiting("k2"), hub.waiting("k3")) == (2, 1, 0)
+        redis_client.publish(keys.done("k1"), Outcome(attempt="a1", entry=entry).to_json())
+        assert first.get(timeout=5) == second.get(timeout=5) == Outcome("a1", entry)
+        hub.deliver("k1", Outcome(attempt="", entry=entry))
+        assert first.get(timeout=1) == second.get(timeout=1) == Outcome("", entry)
+        assert other.empty()
+    assert hub.waiting("k1") == hub.waiting("k2") == 0

@@ -134,12 +134,16 @@ def _wait(
     while True:
         entry, holder, failure = svc.store.peek(key)
         if entry is not None and entry.id != stale_id and job.mode != "bypass":
-            # Found by polling: a wake-up was missed, or the answer landed just now.
+            # Found by polling: a wake-up was missed, or the answer landed just now. The
+            # other waiters of this key here poll rarely (below): they get it from us.
             served = EXACT if first else served_by(entry.key, key)
+            svc.hub.deliver(key, Outcome(attempt="", entry=entry, status=served_by(entry.key, key)))
             return Answer(entry, status(served, job.mode, bool(mine)), key)
         if holder is not None:
             seen.add(holder.partition(":")[2])
         elif failure is not None and failure.attempt in seen | mine:
+            # (A request that joined just now may get this failure too: it is this key's.)
+            svc.hub.deliver(key, failure)
             raise LLMFailed(failure.error_message or "the LLM failed", code=failure.error_code)
         else:
             take_lease(svc, job, mine)
@@ -148,8 +152,14 @@ def _wait(
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise WaitTimeout(f"no answer within {q.timeout_s:g} s")
+        # The k waiters of this key in this process share the polling: each waits k poll
+        # periods, so together they poll about once a period whatever their number (10,000
+        # parked requests would otherwise make 5,000 Redis reads a second).
+        sharing = max(1, svc.hub.waiting(key))
         try:
-            outcome = box.get(timeout=min(remaining, poll_s * random.uniform(0.8, 1.2)))
+            outcome = box.get(
+                timeout=min(remaining, poll_s * sharing * random.uniform(0.8, 1.2))
+            )
         except queue.Empty:
             continue
         if outcome.error_code is not None:

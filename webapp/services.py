@@ -53,9 +53,12 @@ class Services:
 def init_app(app: Flask) -> None:
     cfg = app.config
     # Blocking pool: under a burst, requests wait for a free connection instead of
-    # failing with "Too many connections".
+    # failing with "Too many connections"; as long as they would wait for an answer (a
+    # burst of 10,000 keeps the last ones queued here for seconds: no reason for a 503).
     redis_pool = redis.BlockingConnectionPool.from_url(
-        cfg["REDIS_URL"], max_connections=cfg["REDIS_MAX_CONNECTIONS"], timeout=10
+        cfg["REDIS_URL"],
+        max_connections=cfg["REDIS_MAX_CONNECTIONS"],
+        timeout=cfg["REQUEST_TIMEOUT_S"],
     )
     client = redis.Redis(connection_pool=redis_pool)
     keys = Keyspace(cfg["KEY_PREFIX"])
