@@ -55,16 +55,24 @@ class Proc:
 
 @dataclass
 class Stack:
-    """Web (gunicorn) and workers wired to one Redis database and one Ollama URL."""
+    """Web (gunicorn) and workers wired to one Redis database and one Ollama URL.
+
+    Several stacks on one machine stand for several hosts (tests/test_hosts.py): `host`
+    names their Celery nodes (`embedder@<host>`), `ip` is where the web listens, and
+    `wrapper` runs every command inside something, e.g. `ip netns exec <namespace>`.
+    """
 
     env: dict[str, str]
     logdir: Path
     procs: dict[str, Proc] = field(default_factory=dict)
     web_port: int = 0
+    host: str = "%h"  # Celery's own placeholder: the machine's host name
+    ip: str = "127.0.0.1"
+    wrapper: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.web_port}"
+        return f"http://{self.ip}:{self.web_port}"
 
     def _spawn(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> Proc:
         log = self.logdir / f"{name}.log"
@@ -74,7 +82,7 @@ class Stack:
             log = self.logdir / f"{name}-{n}.log"
         out = open(log, "wb")
         popen = subprocess.Popen(
-            [sys.executable, "-m", *args],
+            [*self.wrapper, sys.executable, "-m", *args],
             cwd=ROOT,
             env={**os.environ, **self.env, **(extra_env or {})},
             stdout=out,
@@ -99,7 +107,7 @@ class Stack:
             "--worker-connections",
             "4000",
             "-b",
-            f"127.0.0.1:{self.web_port}",
+            f"{self.ip}:{self.web_port}",
             "--graceful-timeout",
             "5",
             "--no-control-socket",  # gunicorn 27 shares one control socket path by default
@@ -127,7 +135,7 @@ class Stack:
             "-Q",
             queue,
             "-n",
-            f"{name}@%h",
+            f"{name}@{self.host}",
             "-P",
             pool,
             "-c",
