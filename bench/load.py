@@ -288,6 +288,9 @@ def _phases(
         out[phase] = summarize(kind, records, wall, workload, judge, args.tokens, calls["chat"],
                                cpu)
         out[phase]["repeated_llm_calls"] = repeated_calls(workload, calls["prompts"])
+        if groups:  # the system's own processes; Redis and PostgreSQL serve others too
+            own = sum(cpu[name] for name in groups)
+            out[phase]["own_cpu_ms_per_request"] = rounded(1000 * own / len(records), 2)
         s = out[phase]
         log(f"{kind} {phase}: {s['throughput_rps']} req/s, hits {s['hit_throughput_rps']}/s, "
             f"{s['llm_calls']} LLM calls for {s['unique_questions']} questions, "
