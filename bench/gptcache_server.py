@@ -11,7 +11,8 @@ supervisor and an app factory, so this module does what that main() does, once p
 init_similar_cache (gptcache.adapter.api, the function the server's main() calls) with
 
 - embedding: gptcache.embedding.SBERT on the MiniLM directory given (sentence-transformers
-  on torch, HF_HUB_OFFLINE=1; GPTCache's default ONNX model would be downloaded from a hub);
+  on torch, HF_HUB_OFFLINE=1; GPTCache's default ONNX model would be downloaded from a hub),
+  or with --onnx-file Flock's int8 ONNX export of the same model (_OnnxMiniLM);
 - data manager: sqlite + faiss (manager_factory("sqlite,faiss"), GPTCache's default for
   init_similar_cache), with max_size raised so nothing is evicted during a bench;
 - similarity: SearchDistanceEvaluation (its default) and Config(similarity_threshold).
@@ -32,6 +33,36 @@ from typing import Any
 _ENV = "BENCH_GPTCACHE_"
 
 
+class _OnnxMiniLM:
+    """Flock's int8 ONNX export of MiniLM as a GPTCache embedding: what
+    inference.embeddings.OnnxEmbedder does (tokenizer.json truncated to 256, one unpadded
+    pass, mean pooling, unit length), without importing Flock's code into this venv."""
+
+    dimension = 384
+
+    def __init__(self, onnx_file: str, model_dir: str) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(onnx_file, options,
+                                             providers=["CPUExecutionProvider"])
+        self._tokenizer = Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(max_length=256)
+
+    def to_embeddings(self, data: str, **_: Any) -> Any:
+        import numpy as np
+
+        ids = np.array([self._tokenizer.encode(data).ids], dtype=np.int64)
+        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids),
+                 "token_type_ids": np.zeros_like(ids)}
+        vector = self._session.run(["last_hidden_state"], feeds)[0][0].mean(axis=0)
+        return (vector / max(float(np.linalg.norm(vector)), 1e-12)).astype("float32")
+
+
 def create_app() -> Any:
     """The app of one uvicorn worker: GPTCache's server app, its global cache set up."""
     import torch
@@ -44,7 +75,9 @@ def create_app() -> Any:
 
     torch.set_num_threads(int(os.environ[_ENV + "TORCH_THREADS"]))
     root = Path(os.environ[_ENV + "DATA_DIR"])
-    embedding = SBERT(os.environ[_ENV + "MODEL"])
+    onnx_file = os.environ.get(_ENV + "ONNX_FILE")
+    embedding: Any = (_OnnxMiniLM(onnx_file, os.environ[_ENV + "MODEL"]) if onnx_file
+                      else SBERT(os.environ[_ENV + "MODEL"]))
     data_manager = manager_factory(
         "sqlite,faiss",
         data_dir=str(root / f"worker-{os.getpid()}"),
@@ -71,6 +104,8 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="a sentence-transformers directory")
     parser.add_argument("--threshold", type=float, required=True,
                         help="GPTCache's similarity_threshold (0..1)")
+    parser.add_argument("--onnx-file", default=None,
+                        help="embed with this int8 ONNX export of the model instead of SBERT")
     parser.add_argument("--torch-threads", type=int, default=1)
     args = parser.parse_args()
     os.environ.update({
@@ -81,6 +116,8 @@ def main() -> None:
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
     })
+    if args.onnx_file:
+        os.environ[_ENV + "ONNX_FILE"] = str(Path(args.onnx_file).resolve())
     Path(args.data_dir).mkdir(parents=True, exist_ok=True)
     import uvicorn
 

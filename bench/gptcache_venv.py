@@ -33,17 +33,16 @@ def python() -> Path:
 
 
 def ensure() -> Path:
-    """The venv's python, after creating or updating the venv if needed."""
+    """The venv's python, after creating the venv or installing what changed in the list."""
     digest = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
     if _STAMP.exists() and _STAMP.read_text() == digest and python().exists():
         return python()
     log(f"installing GPTCache into {VENV.relative_to(ROOT)} (first use: a few minutes)")
     install_log = ROOT / "var" / "gptcache-venv-install.log"
+    steps = [[str(python()), "-m", "pip", "install", "--quiet", "-r", str(REQUIREMENTS)]]
+    if not python().exists():
+        steps.insert(0, [sys.executable, "-m", "venv", str(VENV)])
     with open(install_log, "wb") as out:
-        steps = [
-            [sys.executable, "-m", "venv", "--clear", str(VENV)],
-            [str(python()), "-m", "pip", "install", "--quiet", "-r", str(REQUIREMENTS)],
-        ]
         for step in steps:
             if subprocess.run(step, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
                 raise RuntimeError(f"cannot install GPTCache: see {install_log}")
@@ -54,7 +53,7 @@ def ensure() -> Path:
 @contextmanager
 def gptcache_server(
     model_path: str, workers: int, threshold: float, data_dir: Path, logdir: Path,
-    timeout_s: float = 180,
+    onnx_file: Path | None = None, timeout_s: float = 180,
 ) -> Iterator[tuple[str, int]]:
     """GPTCache's server (bench/gptcache_server.py) on a free port until the block ends:
     yields its URL and the process group id of its processes. Waits for every worker."""
@@ -69,7 +68,8 @@ def gptcache_server(
         proc = subprocess.Popen(
             [str(venv_python), "-m", "bench.gptcache_server", "--port", str(port),
              "--workers", str(workers), "--data-dir", str(data_dir), "--model", model_path,
-             "--threshold", str(threshold)],
+             "--threshold", str(threshold),
+             *(["--onnx-file", str(onnx_file)] if onnx_file is not None else [])],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
     try:

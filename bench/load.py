@@ -28,7 +28,7 @@ The systems:
   first use), embedding with the same MiniLM files (its SBERT class), sqlite + faiss,
   SearchDistanceEvaluation with the similarity threshold equal to Flock's cosine threshold
   ((1 + cos) / 2, for unit vectors under faiss's squared L2); its files in /dev/shm unless
-  --gptcache-on-disk. Each worker process is a cache of its own (bench/gptcache_server.py).
+  --gptcache-on-disk. --gptcache-embedding onnx gives it Flock's int8 ONNX export instead. Each worker process is a cache of its own (bench/gptcache_server.py).
   GPTCache has no Ollama adapter: the client does /get, on a miss calls the stand-in, then
   /put (bench/loadgen.py).
 
@@ -335,12 +335,18 @@ def run_gptcache(bench: Any, workload: Workload, judge: Judge, args: argparse.Na
         data_dir = ROOT / "var" / "gptcache-data"
     else:  # in memory: its sqlite commits (two per hit) do not wait for this machine's disk
         data_dir = Path(tempfile.mkdtemp(prefix="flock-bench-gptcache-", dir="/dev/shm"))
-    log(f"gptcache: starting its server, data in {data_dir}")
+    onnx_file = None
+    if args.gptcache_embedding == "onnx":
+        from inference.embeddings import DEFAULT_CACHE_DIR
+        from inference.onnx_export import ensure_quantized_model
+
+        onnx_file, _ = ensure_quantized_model(default_model_path(), DEFAULT_CACHE_DIR)
+    log(f"gptcache: starting its server ({args.gptcache_embedding}), data in {data_dir}")
     with ExitStack() as cleanup:
         cleanup.callback(shutil.rmtree, data_dir, True)
         url, pgid = cleanup.enter_context(gptcache_venv.gptcache_server(
             str(default_model_path()), WEB_WORKERS, (1 + args.threshold) / 2, data_dir,
-            bench.stack.logdir,
+            bench.stack.logdir, onnx_file,
         ))
         with requests.Session() as session:  # connections and first requests, nothing stored
             for i in range(8):
@@ -436,6 +442,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "tokens_per_answer": args.tokens,
         "semantic_threshold": {"flock_cosine": args.threshold,
                                "gptcache_similarity": (1 + args.threshold) / 2},
+        "gptcache_setup": {"embedding": args.gptcache_embedding,
+                           "data": "var/ (disk)" if args.gptcache_on_disk else "/dev/shm (memory)"},
         "client": {
             "mixed": (f"open loop at {args.rate} req/s" if args.rate
                       else f"closed loop, {args.concurrency} clients"),
@@ -474,6 +482,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the warm phase repeats the sequence until this long (default 5)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
+    parser.add_argument("--gptcache-embedding", choices=("sbert", "onnx"), default="sbert",
+                        help="GPTCache's embedding: its SBERT class on the MiniLM files "
+                             "(default), or Flock's int8 ONNX export of the same model")
     parser.add_argument("--gptcache-on-disk", action="store_true",
                         help="GPTCache's sqlite and faiss files under var/ (default: /dev/shm)")
     parser.add_argument("--client-processes", type=int, default=2)
