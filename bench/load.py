@@ -28,7 +28,8 @@ The systems:
   first use), embedding with the same MiniLM files (its SBERT class), sqlite + faiss,
   SearchDistanceEvaluation with the similarity threshold equal to Flock's cosine threshold
   ((1 + cos) / 2, for unit vectors under faiss's squared L2); its files in /dev/shm unless
-  --gptcache-on-disk. --gptcache-embedding onnx gives it Flock's int8 ONNX export instead. Each worker process is a cache of its own (bench/gptcache_server.py).
+  --gptcache-on-disk; --gptcache-embedding onnx gives it Flock's int8 ONNX export instead.
+  Each worker process is a cache of its own (bench/gptcache_server.py).
   GPTCache has no Ollama adapter: the client does /get, on a miss calls the stand-in, then
   /put (bench/loadgen.py).
 
