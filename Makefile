@@ -46,6 +46,7 @@ bench: install
 	-$(PY) -m bench.llm_band
 	-$(PY) -m bench.embed_speed
 	-$(PY) -m bench.embedded_speed
+	-$(PY) -m bench.load
 
 clean:
 	rm -rf $(VENV) var
