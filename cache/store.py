@@ -74,8 +74,9 @@ class ExactStore:
             if outcome.entry is not None and ttl_s is not None:
                 self._put(pipe, exact_key, outcome.entry, ttl_s)
             self._publish(pipe, exact_key, outcome)
+            released = len(pipe)  # the position of the release's result
             self.lease.release(exact_key, outcome.attempt, client=pipe)
-            popped = followers(pipe.execute()[-1])
+            popped = followers(pipe.execute()[released])
         # Followers may have followers of their own (C followed B, then B followed A):
         # answer them level by level until nobody is left waiting.
         pending, answered = popped, []

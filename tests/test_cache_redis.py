@@ -3,6 +3,7 @@ follower protocol, the embedding cache."""
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import numpy as np
@@ -193,6 +194,26 @@ def test_a_running_claim_belongs_to_its_attempt(redis_client, keys):
     assert redis_client.get(keys.lock("k")) == b"r:b"
     lease.release("k", "b")
     assert redis_client.get(keys.lock("k")) is None
+
+
+def test_leases_in_flight_are_counted_without_scanning(redis_client, keys):
+    """/metrics reads this count: taken and released leases move it, a lapsed one (its
+    worker died) drops out by itself, and a finish releases its key too."""
+    from cache.lease import in_flight
+
+    lease, store = _store(redis_client, keys, lease_ms=300)
+    assert in_flight(redis_client, keys) == 0
+    assert lease.acquire("a", "1") and lease.acquire("b", "2") and lease.claim("b", "2", "r")
+    assert not lease.acquire("a", "3")  # held: still one key
+    assert in_flight(redis_client, keys) == 2
+    lease.release("a", "1")
+    assert in_flight(redis_client, keys) == 1
+    entry = Entry(key="b", namespace="n", model="m", prompt="p", response="r")
+    store.finish("b", Outcome(attempt="2", entry=entry), ttl_s=60)
+    assert in_flight(redis_client, keys) == 0
+    assert lease.acquire("c", "4")
+    time.sleep(0.4)  # nobody released it
+    assert in_flight(redis_client, keys) == 0
 
 
 def test_inflight_lists_earlier_announcements_in_order(redis_client, keys):

@@ -13,6 +13,7 @@ import redis
 from flask import Flask, current_app
 
 from cache import Entry, ExactStore, Keyspace, Lease, SemanticIndex, WakeupHub
+from cache.job import describe
 from cache.ratelimit import RateLimiter
 from cache.repo import CacheRepo, Removed
 from cache.store import forget_everywhere
@@ -46,8 +47,11 @@ class Services:
         forget_everywhere(removed, self.store, self.index)
 
     def dispatch(self, task: str, payload: dict[str, Any], queue: str) -> None:
-        """Send a task by name (a job's payload: cache.job): no task module is loaded here."""
-        celery_app.send_task(task, args=[payload], queue=queue)
+        """Send a task by name (a job's payload: cache.job): no task module is loaded here.
+        Monitoring (Flower) sees only `describe(payload)`, never the prompt."""
+        celery_app.send_task(
+            task, args=[payload], queue=queue, argsrepr=describe(payload), kwargsrepr="{}"
+        )
 
 
 def init_app(app: Flask) -> None:
