@@ -7,7 +7,10 @@ import { barChart } from "./charts.js";
 
 const $ = (sel, root = document) => root.querySelector(sel);
 const main = $("#main");
-const state = { user: null, config: { flower_url: null, llm_backend: null } };
+const state = {
+  user: null,
+  config: { flower_url: null, llm_backend: null, allow_registration: true },
+};
 const views = {}; // path -> {node, show, hide}, built on first visit
 let current = null;
 
@@ -88,6 +91,11 @@ function setUser(user, csrf) {
 function signinView() {
   const node = clone("view-signin");
   const form = $("#signin-form", node);
+  if (state.config.allow_registration === false) {
+    // Closed by the operator (ALLOW_REGISTRATION): accounts come from an admin.
+    $("#register-note", node).textContent = "Ask an admin of this Flock for an account.";
+    $('button[value="register"]', form).remove();
+  }
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     const action = event.submitter?.value === "register" ? "register" : "login";

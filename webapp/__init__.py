@@ -19,6 +19,7 @@ from webapp import (
     errors,
     fastpath,
     ops,
+    security,
     services,
     ui,
 )
@@ -36,6 +37,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
     errors.init_app(app)
+    security.init_app(app)
     db.init_app(app)
     services.init_app(app)
     auth.init_app(app)

@@ -28,6 +28,7 @@ import redis
 from flask import Flask
 
 from cache.job import EXACT
+from webapp import security
 from webapp.auth import remembered
 from webapp.call import ADMITTED, STARTED, Call
 from webapp.chat import Answer
@@ -60,6 +61,7 @@ class ExactHits:
                     ("Content-Type", "application/json"),
                     ("Content-Length", str(len(answered))),
                     ("X-Cache", "exact"),
+                    *security.HEADERS,
                 ])  # fmt: skip
                 return [answered]
         return self.next(environ, start_response)

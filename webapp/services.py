@@ -35,6 +35,8 @@ class Services:
     limiter: RateLimiter
     log: RequestLog
     tokens: TokenHub
+    auth_limiter: RateLimiter  # sign-in and registration, per name and per address
+    feedback_limiter: RateLimiter  # feedback, per user
 
     def admit(self, rate_key: str, exact_key: str | None) -> tuple[float, Entry | None]:
         """One Redis command for an exact hit: take a rate-limit token and read the cached
@@ -88,6 +90,8 @@ def init_app(app: Flask) -> None:
             redis.Redis.from_url(cfg["REDIS_URL"], health_check_interval=30),
             TokenWriter(client, keys),
         ),
+        auth_limiter=RateLimiter(client, keys, cfg["AUTH_ATTEMPTS_PER_MINUTE"]),
+        feedback_limiter=RateLimiter(client, keys, cfg["FEEDBACK_PER_MINUTE"]),
     )
 
 
