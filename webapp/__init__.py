@@ -18,6 +18,7 @@ from webapp import (
     entries,
     errors,
     fastpath,
+    feedback,
     ops,
     security,
     services,
@@ -43,6 +44,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     auth.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(entries.bp)
+    app.register_blueprint(feedback.bp)
     app.register_blueprint(compat_openai.bp)
     app.register_blueprint(compat_ollama.bp)
     app.register_blueprint(embed.bp)
