@@ -214,9 +214,14 @@ function wireFeedback(item, answerId) {
     note.textContent = "Sending…";
     try {
       const res = await api("POST", "/api/v1/feedback", { id: answerId, good: false });
-      note.textContent = res.invalidated.length
-        ? "Thanks: that answer is out of the cache; the next ask goes to the LLM."
-        : "Thanks: noted (the answer was no longer cached).";
+      if (res.invalidated.length) {
+        note.textContent = "Thanks: that answer is out of the cache; the next ask goes to the LLM.";
+      } else if (res.votes < res.quorum) {
+        // Another user's shared answer: it goes when enough users say so (FEEDBACK_QUORUM).
+        note.textContent = `Thanks: your vote is counted (${res.votes} of ${res.quorum} needed to drop this shared answer).`;
+      } else {
+        note.textContent = "Thanks: noted (the answer was no longer cached).";
+      }
     } catch (err) {
       if (signedOut(err)) return;
       button.disabled = false;

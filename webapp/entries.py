@@ -139,7 +139,7 @@ def stats() -> ResponseReturnValue:
             conn.cursor(row_factory=dict_row)
             .execute(
                 "SELECT left(namespace, 16) AS namespace, threshold, wrong_hits, updated_at"
-                " FROM namespace_thresholds ORDER BY updated_at DESC LIMIT 50"
+                " FROM namespace_thresholds WHERE threshold > 0 ORDER BY updated_at DESC LIMIT 50"
             )
             .fetchall()
         )
