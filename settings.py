@@ -35,7 +35,12 @@ class Settings:
     # security
     secret_key: str | None = None  # required by the web tier; no default on purpose
     session_cookie_secure: bool = False
+    session_lifetime_s: int = 7 * 24 * 3600  # a browser session ends after this (or at logout)
     requests_per_minute: int = 600  # per API key; 0: no limit
+    allow_registration: bool = False  # `make run` turns it on for development
+    auth_attempts_per_minute: int = 10  # login/register tries per name and per address; 0: none
+    max_keys_per_user: int = 10  # active API keys a user may hold
+    ops_token: str | None = None  # Bearer token for /metrics and /readyz's details; None: nobody
     # the LLM
     ollama_url: str = "http://127.0.0.1:11434"
     ollama_model: str = "llama3.2:1b"
@@ -47,6 +52,7 @@ class Settings:
     # caching and waiting
     semantic_threshold: float = 0.8
     cache_ttl: int = 7 * 24 * 3600
+    cache_max_ttl: int = 30 * 24 * 3600  # the longest `cache.ttl` a request may ask
     lock_lease_ms: int = 10_000
     request_timeout_s: float = 120.0
     max_prompt_chars: int = 32_000
@@ -55,8 +61,12 @@ class Settings:
     embed_cache_dir: str = "var/models"
     cache_max_entries: int = 100_000
     evict_interval_s: float = 30.0
+    # shared entries: votes of users who were served a wrong answer
+    feedback_quorum: int = 3  # distinct users whose "wrong" invalidates a shared entry
+    feedback_per_minute: int = 10  # feedback a user may send; 0: no limit
     # operations
     flower_url: str = "http://127.0.0.1:5555"
+    flower_address: str = "127.0.0.1"  # where the flower process listens
 
     def __post_init__(self) -> None:
         for name in ("semantic_threshold", "llm_verify_band"):
@@ -69,14 +79,20 @@ class Settings:
             )
         positive = ("database_pool_size", "redis_max_connections", "llm_timeout_s", "cache_ttl",
                     "lock_lease_ms", "request_timeout_s", "max_prompt_chars", "max_body_bytes",
-                    "request_log_interval_s", "evict_interval_s")  # fmt: skip
+                    "request_log_interval_s", "evict_interval_s", "cache_max_ttl",
+                    "session_lifetime_s", "feedback_quorum", "max_keys_per_user")  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.upper()} must be positive, not {getattr(self, name)}")
         for name in ("requests_per_minute", "llm_max_retries", "llm_retry_backoff_s",
-                     "cache_max_entries"):  # fmt: skip
+                     "cache_max_entries", "auth_attempts_per_minute",
+                     "feedback_per_minute"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"{name.upper()} must not be negative, not {getattr(self, name)}")
+
+        if self.cache_ttl > self.cache_max_ttl:
+            raise ValueError(f"CACHE_TTL ({self.cache_ttl}) must not exceed CACHE_MAX_TTL "
+                             f"({self.cache_max_ttl})")  # fmt: skip
 
     @property
     def broker_url(self) -> str:

@@ -77,6 +77,16 @@ class EmbedJob:
         return cls(**_known(cls, payload))
 
 
+def describe(payload: Mapping[str, Any]) -> str:
+    """What monitoring may show of a task's argument (Celery's `argsrepr`, which workers put
+    in their events and Flower displays): ids and modes, never a prompt or a text."""
+    if "texts" in payload:
+        return f"[embed id={payload.get('id')} texts={len(payload.get('texts') or ())}]"
+    key, attempt = str(payload.get("key"))[:16], str(payload.get("attempt"))[:12]
+    mode, scope = payload.get("mode"), payload.get("scope")
+    return f"[job key={key} mode={mode} scope={scope} attempt={attempt}]"
+
+
 def _known(cls: type, payload: Mapping[str, Any]) -> dict[str, Any]:
     names = {f.name for f in fields(cls)}
     return {name: value for name, value in payload.items() if name in names}

@@ -21,6 +21,8 @@ All names start with the prefix (FLOCK_KEY_PREFIX, default `flock:v1:`):
 | job(id)              | job:<id>             | an async chat job                      |
 | embres(id)           | embres:<id>          | an embeddings result, for a minute     |
 | sweep                | sweep                | the eviction sweep's lease             |
+| leases               | leases               | sorted set: keys with an attempt in    |
+|                      |                      | flight, by lease expiry (the gauge)    |
 
 Every name with an id goes through `_name`. Redis Cluster needs the keys one script
 touches in one slot; hash tags (`resp:{<key>}`) would be a change to `_name` alone, because
@@ -125,3 +127,7 @@ class Keyspace:
     @property
     def sweep(self) -> str:
         return f"{self.prefix}sweep"
+
+    @property
+    def leases(self) -> str:
+        return f"{self.prefix}leases"

@@ -16,10 +16,16 @@ joined before the release (and is popped and answered) or sees no lock and does 
 follow: "I follow you" and "I just finished" cannot cross. The leader's heartbeat
 keeps its followers' locks alive; if the leader dies, they lapse with it.
 Scripts touch follower locks named inside the set: single-node Redis, not Cluster.
+
+The `leases` sorted set counts attempts in flight for /metrics without scanning the
+keyspace: each acquire, claim and heartbeat puts the key there with its lease's expiry as
+the score, each release takes it out, and a reader drops what expired (an attempt whose
+worker died) before counting. Followers are not in it: their answer is their leader's.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,29 +111,50 @@ class Lease:
     def acquire(self, exact_key: str, attempt: str) -> bool:
         """Web side: become the one request that dispatches an attempt."""
         lock = self.keys.lock(exact_key)
-        return bool(self.client.set(lock, f"q:{attempt}", nx=True, px=self.lease_ms))
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.set(lock, f"q:{attempt}", nx=True, px=self.lease_ms)
+            # Also when SET NX fails: then another attempt holds the key, in flight too.
+            pipe.zadd(self.keys.leases, {exact_key: self._expiry()})
+            return bool(pipe.execute()[0])
 
     def claim(self, exact_key: str, attempt: str, state: str) -> bool:
         """Worker side: mark the attempt queued ("q") or running ("r") with a fresh lease."""
         if state not in ("q", "r"):
             raise ValueError("state must be 'q' or 'r'")
         lock = self.keys.lock(exact_key)
-        return bool(self._claim(keys=[lock], args=[attempt, state, self.lease_ms]))
+        claimed = bool(self._claim(keys=[lock], args=[attempt, state, self.lease_ms]))
+        if claimed:
+            self.client.zadd(self.keys.leases, {exact_key: self._expiry()})
+        return claimed
 
     def extend(self, exact_key: str, attempt: str) -> bool:
         """Heartbeat of a running attempt; also keeps its followers' leases alive."""
         keys = [self.keys.lock(exact_key), self.keys.followers(exact_key)]
-        return bool(self._extend(keys=keys, args=[attempt, self.lease_ms, *self.keys.lock_parts]))
+        extended = bool(
+            self._extend(keys=keys, args=[attempt, self.lease_ms, *self.keys.lock_parts])
+        )
+        if extended:
+            self.client.zadd(self.keys.leases, {exact_key: self._expiry()})
+        return extended
 
     def release(self, exact_key: str, attempt: str, client: Any = None) -> Any:
         """Compare-and-delete; returns the popped followers as `Follower`s (or, with a
-        pipeline as `client`, queues the call: decode its result with `followers()`)."""
+        pipeline as `client`, queues the call, first of the two it queues: decode its
+        result with `followers()`)."""
         keys = [self.keys.lock(exact_key), self.keys.followers(exact_key)]
         if client is not None:
             # EVAL in a pipeline: with a registered script redis-py would first send
             # SCRIPT EXISTS, one more round trip; Redis caches the compiled script anyway.
-            return client.eval(_RELEASE, 2, *keys, attempt)
-        return followers(self._release(keys=keys, args=[attempt]))
+            queued = client.eval(_RELEASE, 2, *keys, attempt)
+            client.zrem(self.keys.leases, exact_key)
+            return queued
+        popped = followers(self._release(keys=keys, args=[attempt]))
+        self.client.zrem(self.keys.leases, exact_key)
+        return popped
+
+    def _expiry(self) -> float:
+        # This host's clock: a gauge may be off by the clock skew between hosts, no more.
+        return time.time() * 1000 + self.lease_ms
 
     def follow(self, leader_key: str, me: Follower) -> bool:
         """Join the attempt generating `leader_key`; False if it has already finished."""
@@ -152,3 +179,11 @@ def followers(members: list[bytes]) -> list[Follower]:
         key, attempt, similarity = member.decode().split(" ")
         out.append(Follower(key, attempt, float(similarity)))
     return out
+
+
+def in_flight(client: redis.Redis, keys: Keyspace) -> int:
+    """Keys with an attempt in flight now (queued or running); drops lapsed ones first."""
+    with client.pipeline(transaction=False) as pipe:
+        pipe.zremrangebyscore(keys.leases, "-inf", time.time() * 1000)
+        pipe.zcard(keys.leases)
+        return int(pipe.execute()[1])

@@ -102,6 +102,14 @@ class CacheRepo:
             )
         return (_entry(row), max(1, row["ttl"])) if row else None
 
+    def owner_of(self, key: str) -> tuple[bool, int | None]:
+        """Whether an exact key has a live entry, and who caused it (None: nobody known)."""
+        with self.pool.connection() as conn:
+            row = conn.execute(
+                f"SELECT owner_id FROM cache_entries WHERE key = %s AND {_LIVE}", (key,)
+            ).fetchone()
+        return (row is not None, row[0] if row else None)
+
     def by_id(self, entry_id: str) -> dict[str, Any] | None:
         with self.pool.connection() as conn:
             return (

@@ -7,7 +7,10 @@ import { barChart } from "./charts.js";
 
 const $ = (sel, root = document) => root.querySelector(sel);
 const main = $("#main");
-const state = { user: null, config: { flower_url: null, llm_backend: null } };
+const state = {
+  user: null,
+  config: { flower_url: null, llm_backend: null, allow_registration: true },
+};
 const views = {}; // path -> {node, show, hide}, built on first visit
 let current = null;
 
@@ -88,6 +91,11 @@ function setUser(user, csrf) {
 function signinView() {
   const node = clone("view-signin");
   const form = $("#signin-form", node);
+  if (state.config.allow_registration === false) {
+    // Closed by the operator (ALLOW_REGISTRATION): accounts come from an admin.
+    $("#register-note", node).textContent = "Ask an admin of this Flock for an account.";
+    $('button[value="register"]', form).remove();
+  }
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     const action = event.submitter?.value === "register" ? "register" : "login";
@@ -206,9 +214,14 @@ function wireFeedback(item, answerId) {
     note.textContent = "Sending…";
     try {
       const res = await api("POST", "/api/v1/feedback", { id: answerId, good: false });
-      note.textContent = res.invalidated.length
-        ? "Thanks: that answer is out of the cache; the next ask goes to the LLM."
-        : "Thanks: noted (the answer was no longer cached).";
+      if (res.invalidated.length) {
+        note.textContent = "Thanks: that answer is out of the cache; the next ask goes to the LLM.";
+      } else if (res.votes < res.quorum) {
+        // Another user's shared answer: it goes when enough users say so (FEEDBACK_QUORUM).
+        note.textContent = `Thanks: your vote is counted (${res.votes} of ${res.quorum} needed to drop this shared answer).`;
+      } else {
+        note.textContent = "Thanks: noted (the answer was no longer cached).";
+      }
     } catch (err) {
       if (signedOut(err)) return;
       button.disabled = false;

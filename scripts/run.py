@@ -5,7 +5,11 @@ it creates is kept under var/ and reused by the next run:
 
     var/secret_key          SECRET_KEY when unset (development only)
     var/flower_basic_auth   FLOWER_BASIC_AUTH when unset
+    var/ops_token           OPS_TOKEN when unset: opens /metrics and /readyz's details
     var/first-run.txt       the first admin user's password and API key (mode 600)
+
+Development defaults: ALLOW_REGISTRATION=1 unless set (anyone who reaches the UI may
+register; the README tells operators to leave it off).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ def main() -> int:
     env.setdefault("FLOWER_PORT", "5555")
     env.setdefault("FLOWER_URL", f"http://127.0.0.1:{env['FLOWER_PORT']}")  # the UI links it
     env.setdefault("LLM_BACKEND", "auto")  # Ollama when it answers, else the embedded model
+    env.setdefault("ALLOW_REGISTRATION", "1")  # development: the UI's Register button works
     # The Procfile's commands (gunicorn, celery) come from this virtualenv, activated or not.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     notes = []
@@ -52,6 +57,10 @@ def main() -> int:
             "flower_basic_auth", lambda: f"admin:{secrets.token_urlsafe(12)}"
         )
         flower_auth = "var/flower_basic_auth"
+    ops_token = "OPS_TOKEN"
+    if not env.get(ops_token):
+        env[ops_token] = _kept_secret("ops_token", lambda: secrets.token_urlsafe(32))
+        ops_token = "var/ops_token"
 
     if subprocess.run([sys.executable, "-m", "webapp.migrate"]).returncode != 0:
         # services.py only knows the server answers; the database itself may be missing.
@@ -67,6 +76,10 @@ def main() -> int:
         f"  UI and API   {host}:{env['PORT']}/  (API: POST /api/v1/chat, "
         "header 'Authorization: Bearer <API key>')\n"
         f"  Flower       {host}:{env['FLOWER_PORT']}/  (user:password in {flower_auth})\n"
+        f"  /metrics     {host}:{env['PORT']}/metrics  (header 'Authorization: Bearer "
+        f"<token>', the token in {ops_token})\n"
+        f"  Registration {'open' if env['ALLOW_REGISTRATION'] in ('1', 'true') else 'closed'}"
+        " (ALLOW_REGISTRATION)\n"
         f"  LLM backend  {backend}\n"
         + "".join(f"  {note}\n" for note in notes)
         + "Stop with Ctrl-C.\n",

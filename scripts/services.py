@@ -13,6 +13,11 @@ and FLOCK_TEST_PG (unset: the defaults of tests/conftest.py), under var/test/.
 Private servers are stopped when the command ends, however it ends (Ctrl-C, SIGTERM, an
 error); their data stays under var/ so the next run reuses it. One command at a time may
 run them from one var/ directory (a lock file says so).
+
+As root, PostgreSQL runs as the `postgres` user (initdb refuses root), which must be able
+to enter its data directory. When it cannot enter var/ (a clone under /root, mode 700),
+the cluster's data goes to /var/tmp/flock-<hash of var/'s path>/pg instead (owned by
+postgres, mode 700; the next run of the same clone finds it there again).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import glob
+import hashlib
 import os
 import pwd
 import shutil
@@ -48,6 +54,9 @@ INSTALL_HINTS = {
     "postgres": "PostgreSQL's initdb and pg_ctl (Debian/Ubuntu: sudo apt-get install postgresql;"
     " macOS: brew install postgresql@15)",
 }
+# Where the private cluster's data goes when the postgres user cannot enter var/ (as root):
+# a directory every user may traverse, and not cleared at reboot.
+OUTSIDE = Path("/var/tmp")
 # Where PostgreSQL installations keep initdb when pg_config is not on PATH: Debian/Ubuntu,
 # then Homebrew's keg-only postgresql@NN (Apple silicon, Intel).
 PG_BIN_GLOBS = [
@@ -247,7 +256,7 @@ class PrivateServices:
         self._take_lock()
         bindir = pg_bindir()
         assert bindir is not None  # check_binaries said so
-        data = self.base / "pg"
+        data = self.pg_data()
         if not (data / "PG_VERSION").exists():
             _initdb(bindir, data, disposable=self.disposable)
         elif _pg_ctl(bindir, "status", "-D", str(data), check=False).returncode == 0:
@@ -267,6 +276,29 @@ class PrivateServices:
             )
         print(f"services: started a private PostgreSQL on 127.0.0.1:{port} ({_rel(data)})")
         return port
+
+    def pg_data(self) -> Path:
+        """The private cluster's data directory: var/pg, unless it runs as the postgres
+        user (we are root), who cannot enter var/; then a directory of its own outside."""
+        data = self.base / "pg"
+        if os.geteuid() != 0 or _postgres_may_enter(self.base):
+            return data
+        digest = hashlib.sha256(str(self.base.resolve()).encode()).hexdigest()[:16]
+        outside = OUTSIDE / f"flock-{digest}"
+        owner = pwd.getpwnam("postgres")
+        outside.mkdir(mode=0o700, exist_ok=True)
+        found = os.lstat(outside)
+        # A name anyone could have made first: it must be a directory of root or postgres.
+        if not os.path.isdir(outside) or os.path.islink(outside) or found.st_uid not in (
+            0, owner.pw_uid,
+        ):  # fmt: skip
+            raise ServiceError(f"{outside} exists and is not ours: remove it, or run as a "
+                               "user other than root")  # fmt: skip
+        os.chown(outside, owner.pw_uid, owner.pw_gid)
+        os.chmod(outside, 0o700)
+        print(f"services: the postgres user cannot enter {_rel(self.base)}; the private "
+              f"PostgreSQL keeps its data in {outside / 'pg'}")  # fmt: skip
+        return outside / "pg"
 
     def stop(self) -> None:
         """Stop what this object started: PostgreSQL (fast shutdown), then Redis."""
@@ -324,6 +356,12 @@ def _as_pg_owner() -> list[str]:
     if not shutil.which("runuser"):
         raise ServiceError("running as root needs runuser (util-linux) to run initdb as postgres")
     return ["runuser", "-u", "postgres", "--"]
+
+
+def _postgres_may_enter(path: Path) -> bool:
+    """Whether the postgres user can reach `path` (every directory above it included)."""
+    probe = [*_as_pg_owner(), "test", "-x", str(path)]
+    return subprocess.run(probe, capture_output=True, cwd="/").returncode == 0
 
 
 def _pg_ctl(bindir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -6,7 +6,7 @@ in webapp/chat.py and webapp/embed.py) and call the plain functions in tasks.flo
 
 from typing import Any
 
-from cache.job import EmbedJob, Job
+from cache.job import EmbedJob, Job, describe
 from tasks import flow
 from tasks.app import app
 from tasks.resources import resources
@@ -19,7 +19,10 @@ def answer(payload: dict[str, Any]) -> None:
     with flow.errors_reach_waiters(res, job):
         next_job = flow.answer(res, job)
         if next_job is not None:
-            app.send_task("flock.generate", args=[next_job.to_payload()], queue="llm")
+            payload = next_job.to_payload()
+            # argsrepr: what Flower shows of the task; the prompt stays out of monitoring.
+            app.send_task("flock.generate", args=[payload], queue="llm",
+                          argsrepr=describe(payload), kwargsrepr="{}")  # fmt: skip
 
 
 @app.task(name="flock.generate")

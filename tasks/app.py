@@ -2,5 +2,5 @@
 
 from celery import Celery
 
-app = Celery("flock", include=["tasks.answer", "tasks.sweeper"])
+app = Celery("flock", include=["tasks.answer", "tasks.sweeper", "tasks.control"])
 app.config_from_object("celeryconfig")

@@ -291,13 +291,19 @@ def _load(res: Resources, key: str) -> Entry | None:
 
 
 def _served_from_cache(res: Resources, job: Job, durable: bool = True) -> bool:
-    """Serve the exact key's entry if there is one (`durable`: also from PostgreSQL)."""
+    """Serve the exact key's entry if there is one (`durable`: also from PostgreSQL).
+
+    An alias made for a request that accepted less similarity than this job does is no
+    answer for it: the job goes on as a miss for its key, and its answer replaces the
+    alias. The outcome carries an alias's similarity, for the waiters to judge it too."""
     if job.mode != "use":
         return False
     entry = _load(res, job.key) if durable else res.store.get(job.key)
-    if entry is None:
+    if entry is None or not entry.serves(job.key, job.threshold):
         return False
-    res.store.finish(job.key, Outcome(attempt=job.attempt, entry=entry, status=EXACT), None)
+    outcome = Outcome(attempt=job.attempt, entry=entry, status=EXACT,
+                      similarity=entry.similarity, threshold=entry.threshold)  # fmt: skip
+    res.store.finish(job.key, outcome, None)
     return True
 
 

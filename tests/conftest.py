@@ -57,6 +57,7 @@ PG_SERVER = os.environ.get("FLOCK_TEST_PG", "postgresql://postgres@127.0.0.1:543
 PG_DB = f"flock_test_{os.getpid()}"
 PG_URL = f"{PG_SERVER}/{PG_DB}"
 _keys: dict[str, str] = {}
+OPS_TOKEN = "test-ops-token"
 
 
 @pytest.fixture(scope="session")
@@ -105,6 +106,11 @@ def stack_env(standin: StandIn, database: str) -> dict[str, str]:
         "LLM_MAX_RETRIES": "2",
         "LLM_RETRY_BACKOFF_S": "0.2",
         "MAX_PROMPT_CHARS": "2000",
+        "OPS_TOKEN": OPS_TOKEN,
+        "ALLOW_REGISTRATION": "1",
+        # Many tests sign in from 127.0.0.1; tests/test_accounts.py checks the throttle.
+        "AUTH_ATTEMPTS_PER_MINUTE": "0",
+        "FEEDBACK_PER_MINUTE": "0",
     }
 
 
@@ -170,6 +176,11 @@ def create_user(env: dict[str, str], name: str, admin: bool = False) -> str:
 @pytest.fixture(scope="session")
 def api_key(stack) -> str:
     return _keys["default"]
+
+
+def ops() -> dict[str, str]:
+    """The operator's header for /metrics and /readyz's details."""
+    return {"Authorization": f"Bearer {OPS_TOKEN}"}
 
 
 def auth(key: str | None = None) -> dict[str, str]:

@@ -1,14 +1,18 @@
 """Feedback closes the loop: a wrong semantic hit invalidates its entry and tightens the
-threshold of its namespace, for every later lookup."""
+threshold of its namespace, for every later lookup (reported by an admin here; a quorum of
+users does the same: tests/test_sharing.py)."""
 
 from __future__ import annotations
 
+import uuid
+
 import requests
 
-from tests.conftest import auth, fresh_namespace, post_chat
+from tests.conftest import auth, create_user, fresh_namespace, post_chat
 
 
-def test_a_wrong_semantic_hit_tightens_its_namespace(stack, standin):
+def test_a_wrong_semantic_hit_tightens_its_namespace(stack, standin, stack_env):
+    admin = create_user(stack_env, f"acc-admin-{uuid.uuid4().hex[:6]}", admin=True)
     ns = fresh_namespace()
     first = "How long should I boil an egg?"
     reworded = "How many minutes should I boil an egg?"
@@ -18,7 +22,7 @@ def test_a_wrong_semantic_hit_tightens_its_namespace(stack, standin):
     similarity = hit["cache"]["similarity"]
 
     resp = requests.post(
-        f"{stack.url}/api/v1/feedback", json={"id": hit["id"], "good": False}, headers=auth()
+        f"{stack.url}/api/v1/feedback", json={"id": hit["id"], "good": False}, headers=auth(admin)
     ).json()
     assert resp["invalidated"] == [hit["cache"]["entry_id"]]
     assert resp["namespace_threshold"] >= similarity + 0.01 - 1e-6

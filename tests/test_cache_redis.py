@@ -3,6 +3,7 @@ follower protocol, the embedding cache."""
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import numpy as np
@@ -195,6 +196,26 @@ def test_a_running_claim_belongs_to_its_attempt(redis_client, keys):
     assert redis_client.get(keys.lock("k")) is None
 
 
+def test_leases_in_flight_are_counted_without_scanning(redis_client, keys):
+    """/metrics reads this count: taken and released leases move it, a lapsed one (its
+    worker died) drops out by itself, and a finish releases its key too."""
+    from cache.lease import in_flight
+
+    lease, store = _store(redis_client, keys, lease_ms=300)
+    assert in_flight(redis_client, keys) == 0
+    assert lease.acquire("a", "1") and lease.acquire("b", "2") and lease.claim("b", "2", "r")
+    assert not lease.acquire("a", "3")  # held: still one key
+    assert in_flight(redis_client, keys) == 2
+    lease.release("a", "1")
+    assert in_flight(redis_client, keys) == 1
+    entry = Entry(key="b", namespace="n", model="m", prompt="p", response="r")
+    store.finish("b", Outcome(attempt="2", entry=entry), ttl_s=60)
+    assert in_flight(redis_client, keys) == 0
+    assert lease.acquire("c", "4")
+    time.sleep(0.4)  # nobody released it
+    assert in_flight(redis_client, keys) == 0
+
+
 def test_inflight_lists_earlier_announcements_in_order(redis_client, keys):
     inflight = InFlightPrompts(redis_client, keys)
     first = inflight.announce("ns", "k1", "one", unit(1))
@@ -222,3 +243,53 @@ def test_wake_ups_reach_every_waiter_of_their_key_in_the_process(redis_client, k
         assert first.get(timeout=1) == second.get(timeout=1) == Outcome("", entry)
         assert other.empty()
     assert hub.waiting("k1") == hub.waiting("k2") == 0
+
+
+def test_an_alias_keeps_its_similarity_and_never_outlives_its_entry(redis_client, keys):
+    lease, store = _store(redis_client, keys)
+    entry = Entry(key="own", namespace="n", model="m", prompt="p", response="r")
+    store.put("own", entry, ttl_s=60)
+    assert lease.acquire("para", "a1")
+    semantic = Outcome(attempt="a1", entry=entry, status="semantic", similarity=0.87,
+                       threshold=0.85)  # fmt: skip
+    store.finish("para", semantic, ttl_s=30 * 24 * 3600)
+    alias = store.get("para")
+    assert (alias.id, alias.similarity, alias.threshold) == (entry.id, 0.87, 0.85)
+    assert 0 < redis_client.ttl(keys.resp("para")) <= 60  # the entry's, not the month asked
+    assert alias.serves("para", 0.8) and alias.serves("para", 0.87)
+    assert not alias.serves("para", 0.9)
+    assert store.get("own").serves("own", 1.0)  # a key's own entry serves any threshold
+    # An alias of the previous release (no similarity) is served to nobody.
+    assert not Entry(key="own", namespace="n", model="m", prompt="p", response="r").serves(
+        "para", 0.0
+    )
+
+
+def test_forgetting_an_entry_spares_a_key_answered_again_since(redis_client, keys):
+    lease, store = _store(redis_client, keys)
+    old = Entry(key="own", namespace="n", model="m", prompt="p", response="old")
+    store.put("own", old, ttl_s=60)
+    for key, similarity in (("a", 0.95), ("b", 0.85)):
+        lease.acquire(key, key)
+        store.finish(key, Outcome(attempt=key, entry=old, status="semantic",
+                                  similarity=similarity), ttl_s=60)  # fmt: skip
+    new_b = Entry(key="b", namespace="n", model="m", prompt="q", response="b's own")
+    store.put("b", new_b, ttl_s=60)  # b was answered for itself since (its alias replaced)
+    store.forget(old.id, "own")
+    assert store.get("own") is None and store.get("a") is None
+    assert store.get("b") == new_b
+    assert not redis_client.exists(keys.aliases(old.id))
+
+
+def test_a_raised_threshold_drops_the_aliases_below_it(redis_client, keys):
+    lease, store = _store(redis_client, keys)
+    entry = Entry(key="own", namespace="n", model="m", prompt="p", response="r")
+    store.put("own", entry, ttl_s=60)
+    for key, similarity in (("high", 0.97), ("low", 0.86)):
+        lease.acquire(key, key)
+        store.finish(key, Outcome(attempt=key, entry=entry, status="semantic",
+                                  similarity=similarity), ttl_s=60)  # fmt: skip
+    assert store.drop_aliases_below([entry.id], 0.9) == 1
+    assert store.get("low") is None
+    assert store.get("high").similarity == 0.97 and store.get("own") == entry
+    assert redis_client.smembers(keys.aliases(entry.id)) == {b"high"}

@@ -132,7 +132,8 @@ def test_a_similar_question_follows_the_one_being_generated(res, seed):
     assert [f.key for f in answered] == [follower.key]
     got = published(listening)
     assert got is not None and got.status == "coalesced" and got.attempt == follower.attempt
-    assert res.store.get(follower.key) == entry  # an alias of the leader's answer
+    alias = res.store.get(follower.key)  # an alias of the leader's answer, at its similarity
+    assert replace(alias, similarity=None) == entry and alias.similarity == got.similarity
 
 
 def test_the_semantic_path_serves_a_paraphrase_and_refuses_a_trap(res, standin, seed):
@@ -150,7 +151,8 @@ def test_the_semantic_path_serves_a_paraphrase_and_refuses_a_trap(res, standin, 
     assert got is not None and got.status == "semantic", got
     assert got.matched_prompt == first.prompt and got.similarity >= 0.8
     assert {c["name"]: c["passed"] for c in got.checks or []}["verifier"] is True
-    assert res.store.get(reworded.key) == stored
+    alias = res.store.get(reworded.key)  # an exact alias, at the similarity it was made at
+    assert replace(alias, similarity=None) == stored and alias.similarity == got.similarity
     assert res.redis.get(res.keys.lock(reworded.key)) is None  # released
 
     trap = job_for(res, "How many calories are in 3 boiled eggs?", seed)
@@ -198,3 +200,22 @@ def test_the_second_opinion_asks_the_llm_about_a_score_refusal_only(res, standin
     vetoed, cands = band_case(res, "Can dogs not eat grapes?", "Can dogs eat grapes?", seed)
     assert second_opinion(banded, vetoed, cands) is None
     assert standin.calls()["chat"] == 2
+
+
+def test_the_exact_re_check_serves_an_alias_only_at_its_similarity(res, seed):
+    """`answer` re-reads the exact key first: an alias made at a similarity below this
+    job's threshold is no answer for it (the job goes on, a miss for its key)."""
+    original = Entry(key="elsewhere", namespace="n", model=MODEL, prompt="p", response="r")
+    res.store.put(original.key, original, 600)
+    strict = replace(job_for(res, "Is this alias good enough for me?", seed), threshold=0.9)
+    semantic = Outcome(attempt="earlier", entry=original, status="semantic", similarity=0.85)
+    res.store.finish(strict.key, semantic, 600)  # the alias a laxer request left
+    pubsub = outcomes(res, strict)
+    assert not flow._served_from_cache(res, strict, durable=False)
+    assert published(pubsub) is None
+
+    lax = replace(strict, threshold=0.8)
+    assert flow._served_from_cache(res, lax, durable=False)
+    served = published(pubsub)
+    assert served is not None and served.status == "exact"
+    assert (served.entry.id, served.similarity) == (original.id, 0.85)

@@ -81,3 +81,69 @@ def test_a_job_refuses_what_no_worker_can_do(field, value):
 )
 def test_the_status_rule(served, mode, dispatched, reported):
     assert status(served, mode, dispatched) == reported
+
+
+# What the release before aliases remembered their similarity wrote to resp:<key> and to
+# done:<key>, literally.
+PREVIOUS_ENTRY = {
+    "key": "k" * 64, "namespace": "n" * 64, "model": "llama3.2:1b", "prompt": "why?",
+    "response": "because", "prompt_tokens": 3, "completion_tokens": 5, "id": "e" * 32,
+    "created": 1700000000.5,
+}  # fmt: skip
+PREVIOUS_OUTCOME = {
+    "attempt": "a" * 32, "entry": PREVIOUS_ENTRY, "status": "miss", "similarity": None,
+    "matched_prompt": None, "error_code": None, "error_message": None, "checks": None,
+}  # fmt: skip
+
+
+def test_entries_and_outcomes_of_either_release_are_read():
+    """A reader ignores what it does not know; a writer adds the new alias fields only to
+    aliases, so the previous release reads every entry that is not one as before."""
+    import json
+
+    from cache import Entry, Outcome
+
+    entry = Entry.from_json(json.dumps({**PREVIOUS_ENTRY, "something_new": 1}))
+    assert entry.similarity is None and entry.id == "e" * 32
+    assert json.loads(entry.to_json()) == PREVIOUS_ENTRY
+    outcome = Outcome.from_json(json.dumps({**PREVIOUS_OUTCOME, "later": True}))
+    assert outcome.entry == entry and outcome.threshold is None
+    assert json.loads(outcome.to_json()) == PREVIOUS_OUTCOME
+    alias = json.loads(Entry(**{**PREVIOUS_ENTRY, "similarity": 0.9}).to_json())
+    assert alias == {**PREVIOUS_ENTRY, "similarity": 0.9}
+
+
+def test_a_waiter_takes_only_what_meets_its_own_parameters():
+    """webapp.chat.takes: a coalesced waiter judges the outcome it receives by its own
+    threshold and mode, not by those of the request that dispatched the attempt."""
+    from cache import CacheKey, Entry, Outcome
+    from webapp.chat import Question, found, takes
+    from webapp.schemas import ChatRequest
+
+    def waiter(mode: str = "use", threshold: float = 0.9) -> Question:
+        req = ChatRequest.parse({"prompt": "q", "cache": {"mode": mode}}, "m", 100)
+        key = CacheKey.build("m", req.messages)
+        return Question(req, key, 1, 60, threshold, 10)
+
+    key = waiter().key.exact
+    own = Entry(key=key, namespace="n", model="m", prompt="q", response="r")
+    other = Entry(key="other", namespace="n", model="m", prompt="p", response="r")
+    semantic = Outcome("a1", other, SEMANTIC, similarity=0.85)
+    assert not takes(waiter(threshold=0.9), semantic, None)
+    assert takes(waiter(threshold=0.8), semantic, None)
+    assert takes(waiter(threshold=0.99), Outcome("a1", own, MISS), None)
+    # A refresh waits for a generation of its own key: not a cached entry, not a semantic.
+    refresh = waiter("refresh")
+    assert takes(refresh, Outcome("a1", own, MISS), None)
+    assert not takes(refresh, Outcome("a1", own, MISS), own.id)  # the stale one
+    assert not takes(refresh, Outcome("a1", own, EXACT), None)
+    assert not takes(refresh, Outcome("", own, MISS), None)  # found by another's polling
+    assert not takes(waiter("refresh", 0.0), semantic, None)
+    assert not takes(waiter(), Outcome("a1", None, MISS, error_code="x"), None)
+    # Found by polling: an alias only at its similarity; a refresh only its own attempt's.
+    alias = Entry(**{**other.__dict__, "similarity": 0.85})
+    assert found(alias, key, "use", 0.8, None, set())
+    assert not found(alias, key, "use", 0.9, None, set())
+    assert not found(own, key, "refresh", 0.9, None, set())
+    assert found(own, key, "refresh", 0.9, None, {"a1"})
+    assert not found(own, key, "bypass", 0.9, None, {"a1"})

@@ -1,5 +1,6 @@
 """Operations: /readyz per dependency, /metrics, /api/v1/config, and Flower's HTTP API
-over the running workers. Real processes throughout.
+over the running workers. Real processes throughout. Details are for the operator's
+token (OPS_TOKEN); Flower starts only with a password, read-only, and sees no prompt.
 
 Web processes with a broken setting are extra ones of this module (their own Stack
 object): the session's `stack` and its web process are never touched.
@@ -21,7 +22,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import nonsense_word, post_chat
+from tests.conftest import OPS_TOKEN, nonsense_word, ops, post_chat
 from tests.stack import ROOT, Proc, Stack, free_port
 
 
@@ -59,7 +60,7 @@ def wait_for(predicate, timeout: float = 20.0, every: float = 0.2):
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:
     """/metrics as {(sample name, sorted labels): value}."""
-    resp = requests.get(f"{url}/metrics", timeout=10)
+    resp = requests.get(f"{url}/metrics", headers=ops(), timeout=10)
     assert resp.status_code == 200
     assert resp.headers["Content-Type"].startswith("text/plain; version=")
     return {
@@ -77,7 +78,7 @@ def sample(metrics: dict, name: str, **labels: str) -> float | None:
 
 
 def test_readyz_is_ready_when_every_dependency_answers(stack):
-    resp = requests.get(f"{stack.url}/readyz", timeout=10)
+    resp = requests.get(f"{stack.url}/readyz", headers=ops(), timeout=10)
     body = resp.json()
     assert resp.status_code == 200, body
     assert body["status"] == "ready"
@@ -113,10 +114,11 @@ def test_readyz_reports_the_dependency_that_is_down(stack, stack_env, logdir, ca
     env = {name: closed_url(start, path) for name, (start, path) in settings.items()}
     env["LLM_BACKEND"] = "ollama"  # with `auto` (the default) a dead Ollama is no failure
     with extra_web(stack_env, logdir, **env) as web:
+        anonymous = requests.get(f"{web}/readyz", timeout=15)
         started = time.monotonic()
-        resp = requests.get(f"{web}/readyz", timeout=15)
+        resp = requests.get(f"{web}/readyz", headers=ops(), timeout=15)
         took = time.monotonic() - started
-        scraped = requests.get(f"{web}/metrics", timeout=15)
+        scraped = requests.get(f"{web}/metrics", headers=ops(), timeout=15)
     body = resp.json()
     assert resp.status_code == 503, body
     assert body["status"] == "not_ready"
@@ -124,6 +126,9 @@ def test_readyz_reports_the_dependency_that_is_down(stack, stack_env, logdir, ca
     assert failed == down, body
     assert all(body["checks"][name]["detail"] for name in down)  # says why
     assert took < 6  # every check has a timeout: a dead dependency does not hang the probe
+    # Without the token: the status and nothing else (no check names, hosts or errors).
+    assert anonymous.status_code == 503
+    assert anonymous.json() == {"status": "not_ready"}
     # /metrics still answers; a gauge it cannot read is left out, not made up
     assert scraped.status_code == 200
     gauges = {"redis+llm": "flock_inflight_leases", "postgres+broker": "flock_queue_depth"}
@@ -138,16 +143,37 @@ def test_config_tells_the_ui_where_flower_is(stack, stack_env, logdir):
     flower = "http://flower.example:5555"
     with extra_web(stack_env, logdir, FLOWER_URL=flower, LLM_BACKEND="embedded") as web:
         config = requests.get(f"{web}/api/v1/config", timeout=10).json()
-        ready = requests.get(f"{web}/readyz", timeout=10).json()
-    assert config == {"flower_url": flower, "llm_backend": "embedded"}
+        ready = requests.get(f"{web}/readyz", headers=ops(), timeout=10).json()
+    assert config == {"flower_url": flower, "llm_backend": "embedded", "allow_registration": True}
     # the embedded model lives in the llm worker: no Ollama to ask
     assert ready["checks"]["llm_backend"] == {
         "ok": True,
         "detail": "embedded model in the llm worker",
     }
     assert set(requests.get(f"{stack.url}/api/v1/config", timeout=10).json()) == {
-        "flower_url", "llm_backend",
+        "flower_url", "llm_backend", "allow_registration",
     }  # fmt: skip
+
+
+@pytest.mark.parametrize("header", [None, "Bearer wrong-token", f"Basic {OPS_TOKEN}"])
+def test_without_the_ops_token_metrics_and_readyz_say_nothing_internal(stack, header):
+    headers = {"Authorization": header} if header else {}
+    ready = requests.get(f"{stack.url}/readyz", headers=headers, timeout=10)
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ready"}
+    scraped = requests.get(f"{stack.url}/metrics", headers=headers, timeout=10)
+    assert scraped.status_code == 401
+    assert scraped.json()["error"]["code"] == "unauthorized"
+    assert "flock_" not in scraped.text
+
+
+def test_without_an_ops_token_set_nobody_gets_the_details(stack_env, logdir):
+    with extra_web(stack_env, logdir, OPS_TOKEN="") as web:
+        for headers in ({}, {"Authorization": "Bearer "}, ops()):
+            assert requests.get(f"{web}/metrics", headers=headers, timeout=10).status_code == 401
+            assert set(requests.get(f"{web}/readyz", headers=headers, timeout=10).json()) == {
+                "status"
+            }
 
 
 # --- /metrics -------------------------------------------------------------------------------
@@ -245,17 +271,25 @@ def test_metrics_count_answers_across_web_processes(stack, stack_env, logdir, tm
 
 # --- Flower ---------------------------------------------------------------------------------
 
+FLOWER_AUTH = ("user", "pw-for-the-tests")
+
+
+def _flower_env(stack_env: dict, **extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}
+    return {**env, **stack_env, **extra}
+
 
 @pytest.fixture(scope="module")
 def flower(stack, stack_env, logdir) -> Iterator[str]:
+    """The Procfile's flower process (python -m tasks.flower)."""
     port = free_port()
     log = logdir / "flower.log"
+    env = _flower_env(stack_env, FLOWER_BASIC_AUTH=":".join(FLOWER_AUTH), FLOWER_PORT=str(port),
+                      FLOWER_UNAUTHENTICATED_API="true")  # fmt: skip
     with open(log, "wb") as out:
         popen = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "tasks", "flower", f"--port={port}",
-             "--address=127.0.0.1", "--basic-auth=user:pw"],
-            cwd=ROOT, env={**os.environ, **stack_env}, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            [sys.executable, "-m", "tasks.flower"], cwd=ROOT, env=env, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     proc = Proc("flower", popen, log)
     url = f"http://127.0.0.1:{port}"
@@ -275,12 +309,40 @@ def _answers(url: str) -> bool:
         return False
 
 
+def test_the_procfile_starts_flower_through_its_guard():
+    from honcho.environ import parse_procfile
+
+    procfile = parse_procfile((ROOT / "Procfile").read_text())
+    assert procfile.processes["flower"] == "python -m tasks.flower"
+
+
+@pytest.mark.parametrize("auth", [None, "", "admin:change-me", "admin:short", "no-password"])
+def test_flower_without_a_real_password_refuses_to_start(stack_env, auth):
+    extra = {"FLOWER_PORT": str(free_port())}
+    if auth is not None:
+        extra["FLOWER_BASIC_AUTH"] = auth
+    out = subprocess.run(
+        [sys.executable, "-m", "tasks.flower"], cwd=ROOT, env=_flower_env(stack_env, **extra),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "not starting" in out.stderr and "FLOWER_BASIC_AUTH" in out.stderr
+
+
+def test_flower_listens_on_localhost_unless_told_otherwise(flower):
+    assert flower.startswith("http://127.0.0.1:")
+    from settings import Settings
+
+    assert Settings().flower_address == "127.0.0.1"
+
+
 def test_flower_lists_the_workers_and_the_tasks_a_request_caused(stack, flower):
+    # FLOWER_UNAUTHENTICATED_API was set for the process: the guard dropped it.
     assert requests.get(f"{flower}/api/workers", timeout=10).status_code == 401
 
     def workers():
         resp = requests.get(
-            f"{flower}/api/workers", params={"refresh": "1"}, auth=("user", "pw"), timeout=10
+            f"{flower}/api/workers", params={"refresh": "1"}, auth=FLOWER_AUTH, timeout=10
         )
         names = set(resp.json()) if resp.ok else set()
         roles = {n.partition("@")[0] for n in names}
@@ -291,17 +353,71 @@ def test_flower_lists_the_workers_and_the_tasks_a_request_caused(stack, flower):
     # A question nobody asked: one answer task (embed queue) and one generate task (llm).
     prompt = f"Why do {nonsense_word()}s hum at {uuid.uuid4().hex[:6]}?"
     assert post_chat(stack.url, {"prompt": prompt}).json()["cache"]["status"] == "miss"
+    key = _exact_key(prompt)
 
     def tasks():
-        resp = requests.get(f"{flower}/api/tasks", auth=("user", "pw"), timeout=10)
-        mine = [t for t in resp.json().values() if prompt in str(t.get("args"))]
+        resp = requests.get(f"{flower}/api/tasks", auth=FLOWER_AUTH, timeout=10)
+        mine = [t for t in resp.json().values() if f"key={key[:16]}" in str(t.get("args"))]
         done = {t["name"]: t for t in mine if t.get("state") == "SUCCESS"}
         return done if {"flock.answer", "flock.generate"} <= set(done) else None
 
     done = wait_for(tasks, timeout=20)
-    assert done, requests.get(f"{flower}/api/tasks", auth=("user", "pw"), timeout=10).text
+    listing = requests.get(f"{flower}/api/tasks", auth=FLOWER_AUTH, timeout=10).text
+    assert done, listing
     assert done["flock.answer"]["worker"].startswith("embedder@")
     assert done["flock.generate"]["worker"].startswith("llm@")
+    # Flower sees ids and modes, never the prompt.
+    assert prompt not in listing and "messages" not in listing
+    for task in done.values():
+        detail = requests.get(f"{flower}/api/task/info/{task['uuid']}", auth=FLOWER_AUTH,
+                              timeout=10)  # fmt: skip
+        assert detail.ok and prompt not in detail.text
+
+
+def test_flower_cannot_send_tasks(stack, flower):
+    """Read-only: its task API would otherwise run a crafted flock.generate."""
+    for path in ("send-task", "async-apply", "apply"):
+        resp = requests.post(
+            f"{flower}/api/task/{path}/flock.generate", json={"args": [{}]}, auth=FLOWER_AUTH,
+            timeout=10,
+        )  # fmt: skip
+        assert resp.status_code == 403, (path, resp.text)
+    worker = requests.post(f"{flower}/api/worker/pool/grow/llm@x", auth=FLOWER_AUTH, timeout=10)
+    assert worker.status_code == 403
+
+
+def test_inspecting_the_workers_shows_no_prompt(stack, standin, stack_env):
+    """Celery's own `inspect active` (what Flower's worker pages show) gives each running
+    task's real arguments unless asked for `safe`; tasks/control.py redacts them always."""
+    from celery import Celery
+
+    standin.configure(hang=True)
+    prompt = f"Is the {nonsense_word()} ready to {uuid.uuid4().hex[:6]}?"
+    client = Celery(broker=stack_env["CELERY_BROKER_URL"])
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(post_chat, stack.url, {"prompt": prompt}, 30)
+        try:
+            def running():
+                replies = client.control.inspect(timeout=1.0).active() or {}
+                found = [t for tasks in replies.values() for t in tasks
+                         if t["name"] == "flock.generate"]  # fmt: skip
+                return found or None
+
+            active = wait_for(running, timeout=15)
+            assert active, "no generate task seen running"
+            reserved = client.control.inspect(timeout=1.0).reserved() or {}
+        finally:
+            standin.reset()
+        assert pending.result().status_code == 200
+    shown = str(active) + str(reserved)
+    assert prompt not in shown and "messages" not in shown
+    assert f"key={_exact_key(prompt)[:16]}" in shown
+
+
+def _exact_key(prompt: str) -> str:
+    from cache import CacheKey
+
+    return CacheKey.build("llama3.2:1b", [{"role": "user", "content": prompt}], {}, "shared").exact
 
 
 def test_redis_gone_under_the_exact_hit_fast_path_is_a_json_503(stack_env, monkeypatch):

@@ -239,6 +239,7 @@ def test_make_run_starts_private_servers_and_ctrl_c_stops_everything(repo_copy, 
         run.stop(signal.SIGINT)
 
     output = run.output()
+    assert "Traceback" not in output  # stopping is quiet (no psycopg_pool thread complaining)
     assert "started a private Redis" in output and "started a private PostgreSQL" in output
     assert "development-only" in output and "Created the admin user" in output
     assert "ollama at" in output
@@ -257,6 +258,7 @@ def test_make_run_starts_private_servers_and_ctrl_c_stops_everything(repo_copy, 
     finally:
         again.stop(signal.SIGTERM)
     output = again.output()
+    assert "Traceback" not in output
     assert "Created the admin user" not in output and "var/first-run.txt" in output
     assert "migrations: 0 applied" in output
     assert _processes_in(repo_copy) == []
@@ -306,8 +308,47 @@ def test_make_run_uses_answering_servers_and_sigterm_stops_everything(
         run.stop(signal.SIGTERM)
 
     output = run.output()
+    assert "Traceback" not in output
     assert "REDIS_URL answers" in output and "DATABASE_URL answers" in output
     assert "started a private" not in output
     assert not (repo_copy / "var" / "redis").exists()
     assert not (repo_copy / "var" / "pg").exists()
     assert _processes_in(repo_copy) == []
+
+
+def test_a_web_process_stops_without_a_traceback(stack_env, tmp_path):
+    """gunicorn's gevent worker, stopped as `make run` stops it (SIGTERM): its PostgreSQL
+    pool is closed before the interpreter finalizes its greenlets (a pool left to the
+    garbage collector then printed "Exception ignored ... greenlet is being finalized")."""
+    from tests.stack import Stack
+
+    web = Stack(env=stack_env, logdir=tmp_path)
+    proc = web.start_web(workers=1)
+    assert requests.get(f"{web.url}/readyz", timeout=10).status_code in (200, 503)
+    proc.stop()
+    log = proc.log.read_text(errors="replace")
+    assert "Worker exiting" in log
+    assert "Traceback" not in log and "Exception ignored" not in log, log
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="the postgres user matters only to root")
+def test_as_root_a_private_postgres_starts_where_postgres_cannot_enter(tmp_path):
+    """A clone under /root (mode 700): the postgres user cannot enter its var/, so the
+    cluster's data goes to a directory of its own outside, found again by the next run."""
+    home = Path(tempfile.mkdtemp(prefix="flock-root-home-"))
+    home.chmod(0o700)  # as /root is
+    base = home / "clone" / "var"
+    data = services.OUTSIDE / "not-made-yet" / "pg"
+    try:
+        with services.PrivateServices(base, disposable=True) as private:
+            data = private.pg_data()
+            assert not data.is_relative_to(home) and data.parent.stat().st_mode & 0o777 == 0o700
+            port = private.start_postgres()
+            with psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres") as conn:
+                assert conn.execute("SELECT 1").fetchone() == (1,)
+        assert services.PrivateServices(base).pg_data() == data  # the same place next time
+        assert not (base / "pg").exists()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(services.OUTSIDE / data.parent.name, ignore_errors=True)

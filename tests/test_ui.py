@@ -44,9 +44,13 @@ def page(browser: Browser, stack) -> Iterator[Page]:
     page = context.new_page()
     crashes: list[str] = []
     page.on("pageerror", lambda exc: crashes.append(str(exc)))
+    # The Content-Security-Policy (webapp/security.py) must fit the frontend: Chromium
+    # reports every refused script, style, image or request on the console.
+    page.on("console", lambda msg: "Content Security Policy" in msg.text
+            and crashes.append(msg.text))  # fmt: skip
     yield page
     context.close()
-    assert crashes == []  # no uncaught script error on any page
+    assert crashes == []  # no uncaught script error and no CSP refusal on any page
 
 
 def shoot(page: Page, tmp_path: Path, name: str, docs: bool = False) -> None:

@@ -18,7 +18,9 @@ from webapp import (
     entries,
     errors,
     fastpath,
+    feedback,
     ops,
+    security,
     services,
     ui,
 )
@@ -36,11 +38,13 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
     errors.init_app(app)
+    security.init_app(app)
     db.init_app(app)
     services.init_app(app)
     auth.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(entries.bp)
+    app.register_blueprint(feedback.bp)
     app.register_blueprint(compat_openai.bp)
     app.register_blueprint(compat_ollama.bp)
     app.register_blueprint(embed.bp)

@@ -1,13 +1,25 @@
-"""Who is calling: API keys (programs) and signed-cookie sessions (the browser).
+"""Who is calling: API keys (programs) and browser sessions.
 
 Every /api and /v1 endpoint requires one of them. A session request that changes
 something must also carry the session's CSRF token in `X-CSRF-Token`; API-key
 requests carry no cookie and need none. Key lookups are cached in Redis for a
 minute (revoking deletes the cached copy), so a cache hit costs no PostgreSQL read.
+
+Sessions live in PostgreSQL (`sessions`): the signed cookie carries a random id, the
+table its hash, its expiry (SESSION_LIFETIME_S) and whether it was revoked. Signing out
+revokes it, so the old cookie stops working wherever it was copied to.
+
+Accounts: registration only when ALLOW_REGISTRATION is on; sign-in and registration are
+throttled per name and per client address (AUTH_ATTEMPTS_PER_MINUTE, Redis token buckets);
+a wrong password and an unknown name get the same answer after the same work (a scrypt
+hash either way, webapp/passwords.py). API keys are created from a browser session only
+(a leaked key cannot mint more; revoking it contains the leak), at most MAX_KEYS_PER_USER
+active ones per user.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import time
@@ -18,12 +30,18 @@ from typing import ParamSpec, TypeVar
 
 import click
 import psycopg
-from flask import Blueprint, Flask, Response, g, jsonify, request, session
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, session
 from flask.typing import ResponseReturnValue
 
 from webapp import db
-from webapp.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
-from webapp.passwords import check_password, hash_password, key_hash, new_api_key
+from webapp.errors import BadRequest, Conflict, Forbidden, NotFound, RateLimited, Unauthorized
+from webapp.passwords import (
+    check_password,
+    hash_password,
+    key_hash,
+    needs_rehash,
+    new_api_key,
+)
 from webapp.services import services
 
 bp = Blueprint("auth", __name__, url_prefix="/api/v1")
@@ -33,6 +51,7 @@ _KEY_CACHE_S = 60
 _KEY_MEMORY_S = 10
 _recent_keys: dict[str, tuple[User, float]] = {}
 _UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
+MAX_PASSWORD = 1024  # characters: longer is no stronger, only more to hash
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -127,15 +146,22 @@ def _invalid_key() -> User:
 
 
 def _from_session() -> User | None:
-    if "user_id" not in session:
-        return None
+    sid = session.get("sid")
+    if not isinstance(sid, str):
+        return None  # no session (or a cookie from before server-side sessions)
     if request.method in _UNSAFE and request.headers.get("X-CSRF-Token") != session.get("csrf"):
         raise Forbidden("missing or wrong X-CSRF-Token for this session", code="csrf")
     with db.pool().connection() as conn:
         row = conn.execute(
-            "SELECT id, name, role FROM users WHERE id = %s", (session["user_id"],)
+            "SELECT u.id, u.name, u.role FROM sessions s JOIN users u ON u.id = s.user_id"
+            " WHERE s.id_hash = %s AND s.revoked_at IS NULL AND s.expires_at > now()",
+            (_sid_hash(sid),),
         ).fetchone()
     return User(*row) if row else None
+
+
+def _sid_hash(sid: str) -> str:
+    return hashlib.sha256(sid.encode()).hexdigest()
 
 
 # --- users and keys (shared by the API and the CLI) ---------------------------------
@@ -155,9 +181,21 @@ def create_user(name: str, password: str | None, role: str = "user") -> User:
     return User(*row)
 
 
-def create_key(user: User, name: str) -> tuple[int, str]:
+def create_key(user: User, name: str, limit: int | None = None) -> tuple[int, str]:
+    """A new API key for `user`; with `limit`, refused (409) when the user already holds
+    that many active keys."""
     key = new_api_key()
-    with db.pool().connection() as conn:
+    with db.pool().connection() as conn, conn.transaction():
+        # The user's row lock serialises two creations racing for the last slot.
+        conn.execute("SELECT 1 FROM users WHERE id = %s FOR UPDATE", (user.id,))
+        if limit is not None:
+            held = conn.execute(
+                "SELECT count(*) FROM api_keys WHERE user_id = %s AND revoked_at IS NULL",
+                (user.id,),
+            ).fetchone()
+            if held is not None and held[0] >= limit:
+                raise Conflict(f"you hold {held[0]} active API keys, the most allowed; revoke "
+                               "one first", code="too_many_keys")  # fmt: skip
         row = conn.execute(
             "INSERT INTO api_keys (user_id, name, prefix, key_hash) VALUES (%s, %s, %s, %s)"
             " RETURNING id",
@@ -179,37 +217,83 @@ def _credentials() -> tuple[str, str]:
         raise BadRequest("'name' must be a string of 1 to 64 characters")
     if not isinstance(password, str) or len(password) < 8:
         raise BadRequest("'password' must be a string of at least 8 characters")
+    if len(password) > MAX_PASSWORD:
+        raise BadRequest(f"'password' must be at most {MAX_PASSWORD} characters")
     return name.strip(), password
 
 
+def _throttle(name: str) -> None:
+    """One try of AUTH_ATTEMPTS_PER_MINUTE for this name and for the client's address
+    (the TCP peer's: behind a proxy, the proxy's), whatever its outcome."""
+    limiter = services().auth_limiter
+    name_id = hashlib.sha256(name.casefold().encode()).hexdigest()[:32]
+    for ident in (f"auth-name:{name_id}", f"auth-addr:{request.remote_addr or '-'}"):
+        wait_s = limiter.take(ident)
+        if wait_s:
+            raise RateLimited("too many sign-in attempts; try again later",
+                              retry_after_s=int(wait_s))  # fmt: skip
+
+
 def _start_session(user: User) -> Response:
+    sid = secrets.token_urlsafe(32)
+    lifetime_s = int(current_app.permanent_session_lifetime.total_seconds())
+    with db.pool().connection() as conn:
+        # The user's dead sessions go when a new one starts: the table stays small.
+        conn.execute(
+            "DELETE FROM sessions WHERE user_id = %s AND (revoked_at IS NOT NULL"
+            " OR expires_at < now())",
+            (user.id,),
+        )
+        conn.execute(
+            "INSERT INTO sessions (id_hash, user_id, expires_at)"
+            " VALUES (%s, %s, now() + make_interval(secs => %s))",
+            (_sid_hash(sid), user.id, lifetime_s),
+        )
     session.clear()
-    session["user_id"] = user.id
+    session["sid"] = sid
     session["csrf"] = secrets.token_urlsafe(32)
-    session.permanent = True
+    session.permanent = True  # the cookie lasts as long as the session (SESSION_LIFETIME_S)
     return jsonify({"user": _public(user), "csrf_token": session["csrf"]})
 
 
 @bp.post("/auth/register")
 def register() -> ResponseReturnValue:
+    if not current_app.config["ALLOW_REGISTRATION"]:
+        raise Forbidden("registration is closed: ask an admin for an account",
+                        code="registration_closed")  # fmt: skip
     name, password = _credentials()
+    _throttle(name)
     return _start_session(create_user(name, password)), 201
 
 
 @bp.post("/auth/login")
 def login() -> ResponseReturnValue:
     name, password = _credentials()
+    _throttle(name)
     with db.pool().connection() as conn:
         row = conn.execute(
             "SELECT id, name, role, password_hash FROM users WHERE name = %s", (name,)
         ).fetchone()
-    if row is None or not check_password(password, row[3]):
+    # An unknown name costs the same hash as a wrong password, and gets the same answer.
+    if not check_password(password, row[3] if row else None) or row is None:
         raise Unauthorized("wrong name or password")
+    if needs_rehash(row[3]):  # made with older parameters: today's from now on
+        with db.pool().connection() as conn:
+            conn.execute("UPDATE users SET password_hash = %s WHERE id = %s",
+                         (hash_password(password), row[0]))  # fmt: skip
     return _start_session(User(*row[:3]))
 
 
 @bp.post("/auth/logout")
 def logout() -> ResponseReturnValue:
+    """Ends this session for good: its cookie no longer works anywhere."""
+    sid = session.get("sid")
+    if isinstance(sid, str):
+        with db.pool().connection() as conn:
+            conn.execute(
+                "UPDATE sessions SET revoked_at = now() WHERE id_hash = %s AND revoked_at IS NULL",
+                (_sid_hash(sid),),
+            )
     session.clear()
     return jsonify({"ok": True})
 
@@ -240,11 +324,16 @@ def list_keys() -> ResponseReturnValue:
 @bp.post("/keys")
 @login_required
 def add_key() -> ResponseReturnValue:
+    user = current_user()
+    if user.key_id is not None:
+        # A leaked key must not be able to mint keys that outlive its revocation.
+        raise Forbidden("API keys are created from a browser session, not with an API key",
+                        code="session_required")  # fmt: skip
     body = request.get_json(silent=True) or {}
     name = body.get("name", "default") if isinstance(body, dict) else None
     if not isinstance(name, str) or not 1 <= len(name) <= 64:
         raise BadRequest("'name' must be a string of 1 to 64 characters")
-    key_id, key = create_key(current_user(), name)
+    key_id, key = create_key(user, name, limit=current_app.config["MAX_KEYS_PER_USER"])
     return jsonify({"id": key_id, "name": name, "key": key, "note": "shown once"}), 201
 
 

@@ -16,7 +16,7 @@ import itertools
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from flask import Blueprint, current_app, request
@@ -68,13 +68,24 @@ class Call:
     def prepare(
         cls, svc: Services, cfg: Mapping[str, Any], body: Any, user: User, started: float
     ) -> Call:
-        """`body` in the native shape (model, messages or prompt, options, cache, ...)."""
+        """`body` in the native shape (model, messages or prompt, options, cache, ...).
+
+        A shared entry is its owner's to replace: a refresh of another user's (unless by
+        an admin) is answered like `bypass`, a fresh answer that replaces nothing."""
         req = ChatRequest.parse(body, cfg["OLLAMA_MODEL"], cfg["MAX_PROMPT_CHARS"])
+        if req.ttl is not None and req.ttl > cfg["CACHE_MAX_TTL"]:
+            raise BadRequest(f"cache.ttl must be at most {cfg['CACHE_MAX_TTL']} seconds")
+        key = chat.request_key(req, user.id)
+        if req.mode == "refresh" and not user.is_admin:
+            exists, owner = svc.repo.owner_of(key.exact)
+            if exists and owner != user.id:
+                req = replace(req, mode="bypass")
+                key = chat.request_key(req, user.id)
         return cls(
             svc=svc,
             req=req,
             user=user,
-            key=chat.request_key(req, user.id),
+            key=key,
             threshold=cfg["SEMANTIC_THRESHOLD"] if req.threshold is None else req.threshold,
             ttl_s=cfg["CACHE_TTL"] if req.ttl is None else req.ttl,
             timeout_s=cfg["REQUEST_TIMEOUT_S"],

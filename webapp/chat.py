@@ -6,6 +6,13 @@
 3. Wait for the outcome, polling the key and the lease now and then: a lease that
    lapsed with no answer means its worker died, and a waiter takes over.
 
+Every waiter keeps its own parameters, whoever dispatched the attempt it waits for: an
+outcome that does not meet them (`takes`: a semantic answer below its threshold, an answer
+that is not fresh for a refresh) is not its answer; once that attempt has finished, it
+dispatches its own. An exact alias is served only at the similarity it was made at
+(cache.entry: Entry.serves). TTL and no-store belong to the request that dispatches: a
+waiter gets the entry as that attempt stored it.
+
 Asking without waiting (submit now, poll later) is webapp/jobs.py, on the same lease.
 """
 
@@ -22,7 +29,7 @@ from typing import Any
 from kombu.exceptions import OperationalError as BrokerError
 
 from cache import CacheKey, Entry, Outcome
-from cache.job import EXACT, Job, served_by, status
+from cache.job import EXACT, MISS, Job, served_by, status
 from webapp.errors import LLMFailed, WaitTimeout
 from webapp.schemas import ChatRequest
 from webapp.services import Services
@@ -107,7 +114,7 @@ def ask(
     key = q.key.exact
     if q.reads_cache:
         entry = svc.store.get(key) if lookup is None else lookup.entry
-        if entry is not None:
+        if entry is not None and entry.serves(key, q.threshold):
             return Answer(entry, EXACT, key)
     progress.looked_up.set()
     stale = svc.store.get(key) if q.req.mode == "refresh" else None
@@ -133,11 +140,13 @@ def _wait(
     first = True
     while True:
         entry, holder, failure = svc.store.peek(key)
-        if entry is not None and entry.id != stale_id and job.mode != "bypass":
+        if entry is not None and found(entry, key, job.mode, job.threshold, stale_id, mine):
             # Found by polling: a wake-up was missed, or the answer landed just now. The
-            # other waiters of this key here poll rarely (below): they get it from us.
+            # other waiters of this key here poll rarely (below): they get it from us (and
+            # judge it by their own parameters; a refresh takes no found entry from us).
             served = EXACT if first else served_by(entry.key, key)
-            svc.hub.deliver(key, Outcome(attempt="", entry=entry, status=served_by(entry.key, key)))
+            svc.hub.deliver(key, Outcome(attempt="", entry=entry, status=served_by(entry.key, key),
+                                         similarity=entry.similarity))  # fmt: skip
             return Answer(entry, status(served, job.mode, bool(mine)), key)
         if holder is not None:
             seen.add(holder.partition(":")[2])
@@ -164,8 +173,8 @@ def _wait(
             continue
         if outcome.error_code is not None:
             raise LLMFailed(outcome.error_message or "the LLM failed", code=outcome.error_code)
-        if outcome.entry is None or outcome.entry.id == stale_id:
-            continue
+        if outcome.entry is None or not takes(q, outcome, stale_id):
+            continue  # not ours: once its attempt is done (it is), we poll and dispatch ours
         return Answer(
             outcome.entry,
             status(outcome.status, job.mode, outcome.attempt in mine),
@@ -174,6 +183,31 @@ def _wait(
             outcome.matched_prompt,
             outcome.checks,
         )
+
+
+def takes(q: Question, outcome: Outcome, stale_id: str | None) -> bool:
+    """Whether a waiter asking `q` may answer with `outcome` (published by whichever attempt
+    its key had): by the waiter's own mode and threshold, not the dispatcher's."""
+    entry, key = outcome.entry, q.key.exact
+    if entry is None or entry.id == stale_id:
+        return False
+    if q.req.mode == "refresh":
+        # Only a generation for this key: not a cached entry, a semantic or a follower's one.
+        return entry.key == key and outcome.status == MISS and outcome.attempt != ""
+    similarity = outcome.similarity if outcome.similarity is not None else entry.similarity
+    return entry.key == key or (similarity is not None and similarity >= q.threshold)
+
+
+def found(
+    entry: Entry, key: str, mode: str, threshold: float, stale_id: str | None, mine: set[str]
+) -> bool:
+    """Whether an entry found at `key` by polling answers a job of `mode`: a refresh takes
+    only a new entry of its own attempt (`mine`); `use`, as an exact lookup would."""
+    if mode == "bypass" or entry.id == stale_id:
+        return False
+    if mode == "refresh":
+        return bool(mine) and entry.key == key
+    return entry.serves(key, threshold)
 
 
 def take_lease(svc: Services, job: Job, mine: set[str]) -> None:

@@ -15,6 +15,13 @@ def from_settings(s: Settings) -> dict[str, Any]:
         "DATABASE_POOL_SIZE": s.database_pool_size,
         "SECRET_KEY": s.secret_key,
         "REQUESTS_PER_MINUTE": s.requests_per_minute,
+        "ALLOW_REGISTRATION": s.allow_registration,
+        "AUTH_ATTEMPTS_PER_MINUTE": s.auth_attempts_per_minute,
+        "MAX_KEYS_PER_USER": s.max_keys_per_user,
+        "OPS_TOKEN": s.ops_token,
+        "FEEDBACK_QUORUM": s.feedback_quorum,
+        "FEEDBACK_PER_MINUTE": s.feedback_per_minute,
+        "CACHE_MAX_TTL": s.cache_max_ttl,
         "REQUEST_LOG_INTERVAL_S": s.request_log_interval_s,
         "KEY_PREFIX": s.flock_key_prefix,
         "OLLAMA_URL": s.ollama_url,
@@ -30,6 +37,7 @@ def from_settings(s: Settings) -> dict[str, Any]:
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
         "SESSION_COOKIE_SECURE": s.session_cookie_secure,
+        "PERMANENT_SESSION_LIFETIME": s.session_lifetime_s,
         # Flask refuses bigger bodies with 413 before parsing them.
         "MAX_CONTENT_LENGTH": s.max_body_bytes,
     }

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
+import logging
+
 from flask import Flask, current_app
 from psycopg_pool import ConnectionPool
+
+log = logging.getLogger(__name__)
 
 
 def init_app(app: Flask) -> None:
@@ -17,6 +22,16 @@ def init_app(app: Flask) -> None:
     )
     pool.open(wait=False)
     app.extensions["flock.db"] = pool
+    # Closed while the process can still run code: left to the garbage collector, a gevent
+    # worker's pool is finalized after its greenlets and prints a traceback at every stop.
+    atexit.register(_close, pool)
+
+
+def _close(pool: ConnectionPool) -> None:
+    try:
+        pool.close(timeout=2.0)
+    except Exception as exc:  # the process is ending either way; say so, quietly
+        log.warning("closing the PostgreSQL pool at exit: %s", exc)
 
 
 def pool() -> ConnectionPool:

@@ -1,13 +1,14 @@
-"""Cache entries API, feedback and stats.
+"""Cache entries API and stats (feedback: webapp/feedback.py).
 
 Users see shared entries and their own private ones, and may invalidate what they
-caused; admins see and invalidate everything. Invalidation reaches PostgreSQL (the
-row is marked), Redis (the hot copy and its aliases) and every semantic index.
+caused; admins see and invalidate everything. Another user's shared entry is listed but
+not theirs to invalidate (403): feedback is how they say it is wrong, a vote. Invalidation
+reaches PostgreSQL (the row is marked), Redis (the hot copy and its aliases) and every
+semantic index.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
@@ -117,87 +118,6 @@ def invalidate_many() -> ResponseReturnValue:
     return jsonify({"invalidated": len(removed)})
 
 
-@bp.post("/feedback")
-@login_required
-def feedback() -> ResponseReturnValue:
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict) or not isinstance(body.get("id"), str):
-        raise BadRequest("'id' (the answer's id) is required")
-    if not isinstance(body.get("good"), bool):
-        raise BadRequest("'good' must be true or false")
-    user = current_user()
-    row = _answer(body["id"], user)
-    entry = services().repo.by_id(row["entry_id"])
-    semantic = row["outcome"] == "semantic" and entry is not None
-    with db.pool().connection() as conn:
-        conn.execute(
-            "INSERT INTO feedback (answer_id, user_id, good, outcome, namespace, prompt, matched,"
-            " similarity) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-            (body["id"], user.id, body["good"], row["outcome"],
-             entry["namespace"] if entry else None, row["prompt"],
-             entry["prompt"] if semantic and entry else None, row["similarity"]),
-        )  # fmt: skip
-    if body["good"]:
-        return jsonify({"id": body["id"], "recorded": True, "invalidated": []})
-    removed = services().repo.invalidate("feedback", entry_id=row["entry_id"])
-    services().forget(removed)
-    threshold = None
-    if semantic and entry is not None and row["similarity"] is not None:
-        threshold = _tighten(entry["namespace"], row["similarity"])
-    return jsonify(
-        {
-            "id": body["id"],
-            "recorded": True,
-            "invalidated": [r.id for r in removed],
-            "namespace_threshold": threshold,
-        }
-    )
-
-
-def _tighten(namespace: str, similarity: float) -> float:
-    """A wrong semantic hit at `similarity`: from now on this namespace requires more.
-    Stored in PostgreSQL (the record) and Redis (where the embedders read it)."""
-    base = current_app.config["SEMANTIC_THRESHOLD"]
-    wanted = min(0.995, max(base, similarity + 0.01))
-    with db.pool().connection() as conn:
-        row = conn.execute(
-            "INSERT INTO namespace_thresholds (namespace, threshold, wrong_hits)"
-            " VALUES (%s, %s, 1) ON CONFLICT (namespace) DO UPDATE SET"
-            " threshold = greatest(namespace_thresholds.threshold, excluded.threshold),"
-            " wrong_hits = namespace_thresholds.wrong_hits + 1, updated_at = now()"
-            " RETURNING threshold",
-            (namespace, wanted),
-        ).fetchone()
-    assert row is not None  # an upsert with RETURNING gives its row
-    (threshold,) = row
-    services().redis.hset(services().keys.nsthreshold, namespace, str(threshold))
-    return float(threshold)
-
-
-def _answer(answer_id: str, user: User) -> dict[str, Any]:
-    """The logged answer (the log is batched: give this process's buffer a flush, and
-    other processes one interval, before saying it does not exist)."""
-    deadline = time.monotonic() + 3 * services().log.interval_s
-    while True:
-        services().log.flush()
-        with db.pool().connection() as conn:
-            row = (
-                conn.cursor(row_factory=dict_row)
-                .execute(
-                    "SELECT entry_id, user_id, outcome, prompt, similarity FROM request_log"
-                    " WHERE answer_id = %s",
-                    (answer_id,),
-                )
-                .fetchone()
-            )
-        if row is not None or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    if row is None or row["entry_id"] is None or not (user.is_admin or row["user_id"] == user.id):
-        raise NotFound("no such answer of yours")
-    return row
-
-
 @bp.get("/stats")
 @login_required
 def stats() -> ResponseReturnValue:
@@ -219,7 +139,7 @@ def stats() -> ResponseReturnValue:
             conn.cursor(row_factory=dict_row)
             .execute(
                 "SELECT left(namespace, 16) AS namespace, threshold, wrong_hits, updated_at"
-                " FROM namespace_thresholds ORDER BY updated_at DESC LIMIT 50"
+                " FROM namespace_thresholds WHERE threshold > 0 ORDER BY updated_at DESC LIMIT 50"
             )
             .fetchall()
         )

@@ -28,6 +28,7 @@ import redis
 from flask import Flask
 
 from cache.job import EXACT
+from webapp import security
 from webapp.auth import remembered
 from webapp.call import ADMITTED, STARTED, Call
 from webapp.chat import Answer
@@ -60,6 +61,7 @@ class ExactHits:
                     ("Content-Type", "application/json"),
                     ("Content-Length", str(len(answered))),
                     ("X-Cache", "exact"),
+                    *security.HEADERS,
                 ])  # fmt: skip
                 return [answered]
         return self.next(environ, start_response)
@@ -83,7 +85,10 @@ class ExactHits:
         environ["wsgi.input"] = io.BytesIO(raw)  # the view reads it again if we pass
         svc: Services = self.app.extensions["flock"]
         try:
-            call = Call.prepare(svc, cfg, self.app.json.loads(raw), user, started)
+            body = self.app.json.loads(raw)
+            if not _reads_the_cache(body):
+                return None  # refresh or bypass: never an exact hit (and no owner lookup here)
+            call = Call.prepare(svc, cfg, body, user, started)
         except (ValueError, ApiError):
             return None
         lookup = call.exact_lookup
@@ -93,13 +98,18 @@ class ExactHits:
         # From here on the view, if it answers instead, must not admit this request again.
         environ[ADMITTED] = (wait_s, entry)
         environ[STARTED] = started
-        if wait_s or entry is None:
-            return None
+        if wait_s or entry is None or not entry.serves(lookup, call.threshold):
+            return None  # an alias below this request's threshold is a miss for it: the view
         answer = Answer(entry, EXACT, lookup)
         body = call.body(answer)
         call.log(answer)
         # What flask.jsonify would send (compact separators, trailing newline).
         return (self.app.json.dumps(body, separators=(",", ":")) + "\n").encode()
+
+
+def _reads_the_cache(body: Any) -> bool:
+    cache = body.get("cache") if isinstance(body, dict) else None
+    return not isinstance(cache, dict) or cache.get("mode", "use") in ("use", "no-store")
 
 
 def init_app(app: Flask) -> None:

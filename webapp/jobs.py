@@ -13,7 +13,7 @@ import uuid
 from typing import Any
 
 from cache.job import EXACT, SEMANTIC, Job, served_by, status
-from webapp.chat import Answer, Question, take_lease
+from webapp.chat import Answer, Question, found, take_lease
 from webapp.errors import LLMFailed, NotFound
 from webapp.services import Services
 
@@ -25,7 +25,10 @@ def submit(svc: Services, q: Question) -> str:
     record: dict[str, Any] = {
         "job": q.job().to_payload(), "user_id": q.user_id, "mine": [], "seen": [], "exact": False,
     }  # fmt: skip
-    if q.reads_cache and svc.store.get(q.key.exact) is not None:
+    cached = svc.store.get(q.key.exact) if q.reads_cache or q.req.mode == "refresh" else None
+    if q.req.mode == "refresh" and cached is not None:
+        record["stale"] = cached.id  # a refresh waits for a new entry, not this one
+    if q.reads_cache and cached is not None and cached.serves(q.key.exact, q.threshold):
         record["exact"] = True
     else:
         _advance(svc, record)
@@ -42,7 +45,8 @@ def poll(svc: Services, job_id: str, user_id: int) -> Answer | None:
         raise NotFound("no such job of yours")
     job = Job.from_payload(record["job"])
     entry, holder, failure = svc.store.peek(job.key)
-    if entry is not None and job.mode != "bypass":
+    stale, mine = record.get("stale"), set(record["mine"])
+    if entry is not None and found(entry, job.key, job.mode, job.threshold, stale, mine):
         served = EXACT if record["exact"] else served_by(entry.key, job.key)
         said = status(served, job.mode, bool(record["mine"]))
         matched = entry.prompt if said == SEMANTIC else None

@@ -8,7 +8,9 @@ Two kinds:
   in that directory and a scrape sums them, so any worker's /metrics shows the totals.
   Without it (one process, tests in-process) they live in a plain registry.
 - Read from Redis at scrape time: in-flight leases and queue depths. They describe the
-  shared state rather than this process, so they are never stored per process.
+  shared state rather than this process, so they are never stored per process. Both are
+  cheap reads whatever the size of the keyspace: the leases are kept in a sorted set as
+  they are taken and released (cache/lease.py: in_flight), the queues are LLENs.
 """
 
 from __future__ import annotations
@@ -26,14 +28,13 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from cache import Keyspace
+from cache.lease import in_flight
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 OUTCOMES = ("exact", "semantic", "coalesced", "miss", "error")
 QUEUES = ("embed", "llm")  # the Celery queues (celeryconfig.task_routes)
-# SCAN stops counting here: a scrape must stay cheap even if leases pile up.
-MAX_LEASES_COUNTED = 10_000
 
 # Own registry rather than the global default: importing this module twice (tests, the
 # Flask reloader) must not fail with "Duplicated timeseries".
@@ -87,8 +88,7 @@ class RedisGauges(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         leases = GaugeMetricFamily(
             "flock_inflight_leases",
-            f"Single-flight leases held now: questions being answered (counted up to "
-            f"{MAX_LEASES_COUNTED})",
+            "Single-flight leases held now: questions being answered",
         )
         if (n := _safely(self._count_leases)) is not None:
             leases.add_metric([], n)
@@ -104,13 +104,7 @@ class RedisGauges(Collector):
                 yield depth
 
     def _count_leases(self) -> int:
-        client = timed_redis(self.cache_url)
-        n = 0
-        for _ in client.scan_iter(match=self.keys.lock_pattern, count=1000):
-            n += 1
-            if n >= MAX_LEASES_COUNTED:
-                break
-        return n
+        return in_flight(timed_redis(self.cache_url), self.keys)
 
     def _queue_lengths(self) -> dict[str, int]:
         pipe = timed_redis(self.broker_url).pipeline(transaction=False)

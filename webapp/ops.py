@@ -5,11 +5,18 @@ GET /healthz         the process is alive (never looks further: a liveness probe
 GET /readyz          every dependency answers: Redis, PostgreSQL, an embedder and an llm
                      worker (Celery ping), the LLM backend. 200 or 503, same shape.
 GET /metrics         Prometheus text format (webapp/metrics.py).
-GET /api/v1/config   what the browser UI shows: the Flower URL and the LLM backend.
+GET /api/v1/config   what the browser UI shows: the Flower URL, the LLM backend, whether
+                     anyone may register.
+
+The details of /readyz (which check failed, with the exception's text: host names, ports)
+and all of /metrics are for operators: they need `Authorization: Bearer <OPS_TOKEN>`.
+Anyone else gets /readyz's status alone (200 or 503, `{"status": ...}`), enough for a load
+balancer, and a 401 from /metrics. Without OPS_TOKEN, nobody gets the details.
 """
 
 from __future__ import annotations
 
+import hmac
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -17,13 +24,14 @@ from functools import partial
 from typing import Any
 
 import requests
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 from prometheus_client import CONTENT_TYPE_LATEST
 from psycopg_pool import ConnectionPool
 
 from tasks.app import app as celery_app
 from webapp import db, metrics
+from webapp.errors import Unauthorized
 from webapp.services import services
 
 bp = Blueprint("ops", __name__)
@@ -45,12 +53,24 @@ def public_config() -> ResponseReturnValue:
         {
             "flower_url": current_app.config["FLOWER_URL"] or None,
             "llm_backend": current_app.config["LLM_BACKEND"],
+            "allow_registration": current_app.config["ALLOW_REGISTRATION"],
         }
     )
 
 
+def _operator() -> bool:
+    """Whether the caller sent `Authorization: Bearer <OPS_TOKEN>` (constant-time compare)."""
+    token = current_app.config["OPS_TOKEN"]
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if not token or scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(given.strip().encode(), token.encode())
+
+
 @bp.get("/metrics")
 def metrics_view() -> ResponseReturnValue:
+    if not _operator():
+        raise Unauthorized("/metrics needs 'Authorization: Bearer <OPS_TOKEN>'")
     cfg = current_app.config
     gauges = metrics.RedisGauges(cfg["REDIS_URL"], services().keys, cfg["CELERY_BROKER_URL"])
     return Response(metrics.render(gauges), content_type=CONTENT_TYPE_LATEST)
@@ -86,7 +106,9 @@ def readyz() -> ResponseReturnValue:
             "with LLM_BACKEND=auto the llm worker falls back to the embedded demo model",
         }
     ready = all(check["ok"] for check in results.values())
-    body = {"status": "ready" if ready else "not_ready", "checks": results}
+    body: dict[str, Any] = {"status": "ready" if ready else "not_ready"}
+    if _operator():  # the checks' details name hosts and ports: operators only
+        body["checks"] = results
     return jsonify(body), 200 if ready else 503
 
 

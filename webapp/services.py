@@ -13,6 +13,7 @@ import redis
 from flask import Flask, current_app
 
 from cache import Entry, ExactStore, Keyspace, Lease, SemanticIndex, WakeupHub
+from cache.job import describe
 from cache.ratelimit import RateLimiter
 from cache.repo import CacheRepo, Removed
 from cache.store import forget_everywhere
@@ -34,6 +35,8 @@ class Services:
     limiter: RateLimiter
     log: RequestLog
     tokens: TokenHub
+    auth_limiter: RateLimiter  # sign-in and registration, per name and per address
+    feedback_limiter: RateLimiter  # feedback, per user
 
     def admit(self, rate_key: str, exact_key: str | None) -> tuple[float, Entry | None]:
         """One Redis command for an exact hit: take a rate-limit token and read the cached
@@ -46,8 +49,11 @@ class Services:
         forget_everywhere(removed, self.store, self.index)
 
     def dispatch(self, task: str, payload: dict[str, Any], queue: str) -> None:
-        """Send a task by name (a job's payload: cache.job): no task module is loaded here."""
-        celery_app.send_task(task, args=[payload], queue=queue)
+        """Send a task by name (a job's payload: cache.job): no task module is loaded here.
+        Monitoring (Flower) sees only `describe(payload)`, never the prompt."""
+        celery_app.send_task(
+            task, args=[payload], queue=queue, argsrepr=describe(payload), kwargsrepr="{}"
+        )
 
 
 def init_app(app: Flask) -> None:
@@ -84,6 +90,8 @@ def init_app(app: Flask) -> None:
             redis.Redis.from_url(cfg["REDIS_URL"], health_check_interval=30),
             TokenWriter(client, keys),
         ),
+        auth_limiter=RateLimiter(client, keys, cfg["AUTH_ATTEMPTS_PER_MINUTE"]),
+        feedback_limiter=RateLimiter(client, keys, cfg["FEEDBACK_PER_MINUTE"]),
     )
 
 
