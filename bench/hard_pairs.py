@@ -39,39 +39,13 @@ ROOT = Path(__file__).resolve().parent.parent
 LEXICON = ROOT / "var" / "lexicon"
 DEFAULT_OUT = ROOT / "var" / "pairmodel" / "hard.jsonl"
 
-# Opposites and roles WordNet has no antonym pointer for.
-EXTRA_OPPOSITES = """
-buyer buyers|seller sellers
-teacher teachers|student students pupil pupils
-landlord landlords|tenant tenants
-employer employers|employee employees
-parent parents|child children kid kids
-doctor doctors|patient patients
-husband husbands|wife wives
-boyfriend boyfriends|girlfriend girlfriends
-he him his himself|she her hers herself
-men|women
-mandatory compulsory obligatory required|voluntary optional
-permit permits permitted permitting allow allows allowed allowing|\
-prohibit prohibits prohibited prohibiting ban bans banned banning forbid forbids forbidden
-accept accepts accepted accepting|decline declines declined declining
-maximum max maximise maximize|minimum min minimise minimize
-upload uploads uploaded uploading|download downloads downloaded downloading
-encrypt encrypts encrypted encrypting|decrypt decrypts decrypted decrypting
-input inputs|output outputs
-sender senders|receiver receivers recipient recipients
-lender lenders|borrower borrowers
-winner winners|loser losers
-upstream|downstream
-inbound|outbound
-debit debits|credit credits
-plaintiff plaintiffs|defendant defendants
-predator predators|prey
-host hosts|guest guests
-client clients|server servers
-frontend front-end|backend back-end
-uppercase|lowercase
-""".strip().splitlines()
+# Opposites and roles WordNet has no antonym pointer for: the verifier's own hand-written list.
+_EXTRA_FILE = ROOT / "cache" / "verify" / "data" / "opposites_extra.txt"
+EXTRA_OPPOSITES = [
+    line
+    for line in _EXTRA_FILE.read_text().splitlines()
+    if line.strip() and not line.startswith("#")
+]
 
 _UNITS = [
     ("km", "miles"), ("kilometers", "miles"), ("kg", "pounds"), ("kg", "lbs"), ("mg", "g"),

@@ -91,3 +91,52 @@ if __name__ == "__main__":
     parts = by_split(load())
     for name, rows in parts.items():
         print(name, len(rows), sum(p.same for p in rows))
+
+
+def closure(pairs: list[Pair], per_group: int = 20, seed: int = 1) -> list[Pair]:
+    """Pairs the labels imply but do not list (within one split): duplicates of
+    duplicates are duplicates; a duplicate of a question is not a duplicate of what that
+    question was labelled different from. At most `per_group` new positives per group of
+    duplicates (the largest groups would otherwise crowd out the rest)."""
+    import itertools
+    import random
+
+    rng = random.Random(seed)
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    text: dict[str, str] = {}
+    for p in pairs:
+        text.setdefault(key(p.a), p.a)
+        text.setdefault(key(p.b), p.b)
+        if p.same:
+            ra, rb = find(key(p.a)), find(key(p.b))
+            if ra != rb:
+                parent[ra] = rb
+    groups: dict[str, list[str]] = {}
+    for q in sorted(text):
+        groups.setdefault(find(q), []).append(q)
+    listed = {frozenset((key(p.a), key(p.b))) for p in pairs}
+    split = pairs[0].split if pairs else ""
+    out: list[Pair] = []
+    for members in groups.values():
+        new = [c for c in itertools.combinations(members, 2) if frozenset(c) not in listed]
+        for a, b in rng.sample(new, min(per_group, len(new))):
+            out.append(Pair(text[a], text[b], True, "closure", split))
+    seen: set[frozenset[str]] = set(listed)
+    for p in pairs:
+        if p.same:
+            continue
+        ga, gb = groups[find(key(p.a))], groups[find(key(p.b))]
+        for a in ga:
+            for b in gb:
+                if a != b and frozenset((a, b)) not in seen:
+                    seen.add(frozenset((a, b)))
+                    out.append(Pair(text[a], text[b], False, "closure", split))
+    return out

