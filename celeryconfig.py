@@ -23,6 +23,9 @@ task_routes = {
     "flock.answer": {"queue": "embed"},
     "flock.generate": {"queue": "llm"},
     "flock.embed": {"queue": "embed"},
+    # Audits of semantic hits: their own queue and worker, one at a time, so they never
+    # hold up an answer (cache/audit.py).
+    "flock.audit": {"queue": "audit"},
 }
 task_default_queue = "embed"
 

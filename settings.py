@@ -49,6 +49,8 @@ class Settings:
     llm_max_retries: int = 2
     llm_retry_backoff_s: float = 0.5
     llm_verify_band: float | None = None  # the uncertain band; None: off
+    semantic_max_error: float = 0.02  # the share of wrong semantic hits the audits aim under
+    audit_rate: float = 0.05  # the share of semantic hits audited (answered again); 0: none
     # caching and waiting
     semantic_threshold: float = 0.8
     cache_ttl: int = 7 * 24 * 3600
@@ -69,10 +71,13 @@ class Settings:
     flower_address: str = "127.0.0.1"  # where the flower process listens
 
     def __post_init__(self) -> None:
-        for name in ("semantic_threshold", "llm_verify_band"):
+        for name in ("semantic_threshold", "llm_verify_band", "audit_rate"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name.upper()} must be within 0..1, not {value}")
+        if not 0.0 < self.semantic_max_error < 1.0:
+            raise ValueError(f"SEMANTIC_MAX_ERROR must be within (0, 1), not "
+                             f"{self.semantic_max_error}")  # fmt: skip
         if self.llm_backend not in LLM_BACKENDS:
             raise ValueError(
                 f"LLM_BACKEND must be one of {', '.join(LLM_BACKENDS)}, not {self.llm_backend!r}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -51,36 +50,9 @@ class EmbeddingCache:
         blob = self.client.get(self._key(model, text))
         return unpack(blob) if isinstance(blob, bytes) else None
 
-    def put(
-        self, model: str, text: str, vector: np.ndarray, tokens: tuple[list[str], np.ndarray]
-    ) -> None:
-        """Cache one text's vector and its token vectors, in one round trip."""
-        with self.client.pipeline(transaction=False) as pipe:
-            pipe.set(self._key(model, text), pack(vector), ex=self.ttl_s)
-            pipe.set(self._tok_key(model, text), _pack_tokens(*tokens), ex=self.ttl_s)
-            pipe.execute()
-
-    def tokens(
-        self, model: str, text: str, compute: Callable[[str], tuple[list[str], np.ndarray]]
-    ) -> tuple[list[str], np.ndarray]:
-        """Token vectors of `text` (for the verifier's alignment), cached like embeddings."""
-        raw = self.client.get(self._tok_key(model, text))
-        if isinstance(raw, bytes):
-            header, _, blob = raw.partition(b"\n")
-            vectors = np.frombuffer(blob, dtype="<f2").astype(np.float32).reshape(-1, 384)
-            return json.loads(header), vectors
-        tokens, vectors = compute(text)
-        self.client.set(self._tok_key(model, text), _pack_tokens(tokens, vectors), ex=self.ttl_s)
-        return tokens, np.asarray(vectors, dtype=np.float32)
-
-    def _tok_key(self, model: str, text: str) -> str:
-        return self.keys.tok(model, _sha(text))
+    def put(self, model: str, text: str, vector: np.ndarray) -> None:
+        self.client.set(self._key(model, text), pack(vector), ex=self.ttl_s)
 
 
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _pack_tokens(tokens: list[str], vectors: np.ndarray) -> bytes:
-    blob = np.asarray(vectors, dtype="<f2").tobytes()  # half precision: plenty to align
-    return json.dumps(tokens).encode() + b"\n" + blob

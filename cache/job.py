@@ -4,7 +4,8 @@ A `Job` is one attempt at answering one exact key. The web builds it (webapp/cha
 sends it as the Celery task `flock.answer` (queue embed); `answer` either serves it from
 the cache or returns it with the prompt's embedding and in-flight announcement for
 `flock.generate` (queue llm). On the wire it is small JSON: `to_payload()`,
-`from_payload()`. `EmbedJob` is the embeddings service's (`flock.embed`).
+`from_payload()`. `EmbedJob` is the embeddings service's (`flock.embed`); `AuditJob`
+checks a semantic hit off the request path (`flock.audit`, queue audit: cache/audit.py).
 
 Versions: a payload carries `v`. During a rolling deploy web processes and workers of two
 releases exchange jobs, so
@@ -77,11 +78,38 @@ class EmbedJob:
         return cls(**_known(cls, payload))
 
 
+@dataclass(frozen=True)
+class AuditJob:
+    """Was a semantic hit right? The LLM answers the request itself (`model`, `messages`,
+    `options`) and a judge compares its answer with the one served (`response`, the
+    answer of `matched_prompt`, the entry `entry_key`). `score`: the pair model's."""
+
+    namespace: str
+    prompt: str
+    model: str
+    messages: list[dict[str, str]]
+    options: dict[str, Any]
+    entry_key: str
+    matched_prompt: str
+    response: str
+    similarity: float
+    score: float
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"v": VERSION, **asdict(self)}
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> AuditJob:
+        return cls(**_known(cls, payload))
+
+
 def describe(payload: Mapping[str, Any]) -> str:
     """What monitoring may show of a task's argument (Celery's `argsrepr`, which workers put
     in their events and Flower displays): ids and modes, never a prompt or a text."""
     if "texts" in payload:
         return f"[embed id={payload.get('id')} texts={len(payload.get('texts') or ())}]"
+    if "entry_key" in payload:
+        return f"[audit entry={str(payload.get('entry_key'))[:16]}]"
     key, attempt = str(payload.get("key"))[:16], str(payload.get("attempt"))[:12]
     mode, scope = payload.get("mode"), payload.get("scope")
     return f"[job key={key} mode={mode} scope={scope} attempt={attempt}]"

@@ -14,8 +14,10 @@ All names start with the prefix (FLOCK_KEY_PREFIX, default `flock:v1:`):
 | inflight(namespace)  | inflight:<namespace> | stream: prompts being answered         |
 | semlog, semlog_epoch | semlog, semlog:epoch | the index's change log, its life       |
 | emb(model, sha)      | emb:<model>:<sha>    | embedding cache                        |
-| tok(model, sha)      | tok:<model>:<sha>    | token vectors (the verifier's)         |
 | nsthreshold          | nsthreshold          | hash: namespaces' earned thresholds    |
+| scorethreshold       | scorethreshold       | hash: namespaces' audited pair-model   |
+|                      |                      | score thresholds                       |
+| audits               | audits               | hash: audits judged right / wrong      |
 | rl(ident)            | rl:<ident>           | hash: a rate-limit bucket              |
 | apikey(sha)          | apikey:<sha>         | an API key's user, for a minute        |
 | job(id)              | job:<id>             | an async chat job                      |
@@ -104,12 +106,17 @@ class Keyspace:
     def emb(self, model: str, text_sha: str) -> str:
         return self._name("emb", f"{model}:{text_sha}")
 
-    def tok(self, model: str, text_sha: str) -> str:
-        return self._name("tok", f"{model}:{text_sha}")
-
     @property
     def nsthreshold(self) -> str:
         return f"{self.prefix}nsthreshold"
+
+    @property
+    def scorethreshold(self) -> str:
+        return f"{self.prefix}scorethreshold"
+
+    @property
+    def audits(self) -> str:
+        return f"{self.prefix}audits"
 
     # --- callers and jobs
     def rl(self, ident: str) -> str:

@@ -15,10 +15,13 @@ import numpy as np
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from cache.audit import Audit
 from cache.entry import Entry
 from cache.semantic import pack, unpack
 
 _LIVE = "invalidated_at IS NULL AND expires_at > now()"
+# The audits a namespace's score threshold is learned from: its most recent ones.
+AUDIT_WINDOW = 2000
 
 
 @dataclass(frozen=True)
@@ -205,3 +208,38 @@ class CacheRepo:
                 " last_hit_at = greatest(coalesce(last_hit_at, %s), %s) WHERE id = %s",
                 [(n, at, at, entry_id) for entry_id, (n, at) in hits.items()],
             )
+
+    def add_audit(
+        self, namespace: str, entry_key: str, prompt: str, matched_prompt: str,
+        similarity: float, score: float, correct: bool, judged_by: str,
+    ) -> None:  # fmt: skip
+        with self.pool.connection() as conn:
+            conn.execute(
+                "INSERT INTO audits (namespace, entry_key, prompt, matched_prompt, similarity,"
+                " score, correct, judged_by) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                (namespace, entry_key, prompt, matched_prompt, similarity, score, correct,
+                 judged_by),
+            )  # fmt: skip
+
+    def audits(self, namespace: str, limit: int = AUDIT_WINDOW) -> list[Audit]:
+        """The namespace's most recent audits, newest first."""
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT score, correct FROM audits WHERE namespace = %s ORDER BY id DESC LIMIT %s",
+                (namespace, limit),
+            ).fetchall()
+        return [Audit(float(score), bool(correct)) for score, correct in rows]
+
+    def recent_audits(self, limit: int = AUDIT_WINDOW) -> dict[str, list[Audit]]:
+        """Every audited namespace's most recent audits."""
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT namespace, score, correct FROM (SELECT namespace, score, correct,"
+                " row_number() OVER (PARTITION BY namespace ORDER BY id DESC) AS n"
+                " FROM audits) a WHERE n <= %s",
+                (limit,),
+            ).fetchall()
+        out: dict[str, list[Audit]] = {}
+        for namespace, score, correct in rows:
+            out.setdefault(namespace, []).append(Audit(float(score), bool(correct)))
+        return out

@@ -281,6 +281,9 @@ function dashboardView() {
       llm_calls: count(last.llm_calls),
       llm_calls_saved: count(last.llm_calls_saved),
       tokens_saved: count(last.tokens_saved),
+      audits: last.audits.audited
+        ? `${count(last.audits.wrong)} wrong of ${count(last.audits.audited)}`
+        : "none yet",
     };
     for (const [name, text] of Object.entries(tiles)) {
       $(`[data-stat="${name}"]`, node).textContent = text;

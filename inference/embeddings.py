@@ -49,12 +49,10 @@ class Embedder(Protocol):
         """(len(texts), dim) float32, each row L2-normalised."""
         ...
 
-    def token_embeddings(self, text: str) -> tuple[list[str], Vectors]:
-        """Word pieces of `text` without [CLS]/[SEP], and one L2-normalised row per piece."""
-        ...
-
-    def embed_with_tokens(self, text: str) -> tuple[Vectors, list[str], Vectors]:
-        """embed([text])[0] and token_embeddings(text) (in one pass where possible)."""
+    def fits(self, text: str) -> bool:
+        """Whether `text` fits the model's window: its vector is computed from all of it.
+        A longer text is embedded from its first tokens only (the embeddings API allows
+        that), and the semantic cache never matches it (tasks/flow.py)."""
         ...
 
 
@@ -78,15 +76,7 @@ def max_seq_length(model_path: Path) -> int:
         return _DEFAULT_MAX_SEQ_LENGTH
 
 
-class _BothFromTwoCalls:
-    """embed_with_tokens for an embedder that computes the two separately."""
-
-    def embed_with_tokens(self, text: str) -> tuple[Vectors, list[str], Vectors]:
-        tokens, vectors = self.token_embeddings(text)  # type: ignore[attr-defined]
-        return self.embed([text])[0], tokens, vectors  # type: ignore[attr-defined]
-
-
-class SentenceTransformerEmbedder(_BothFromTwoCalls):
+class SentenceTransformerEmbedder:
     """The reference path: sentence-transformers on torch, CPU only."""
 
     name = f"{_MODEL_TAG}/torch"
@@ -113,9 +103,6 @@ class SentenceTransformerEmbedder(_BothFromTwoCalls):
         except Exception as exc:  # loading errors come in many types
             raise EmbeddingError(f"cannot load {path} with sentence-transformers: {exc}") from exc
         self._batch_size = batch_size
-        tokenizer = self._model.tokenizer
-        # Only the markers the model adds; [UNK] stands for real text and stays.
-        self._added_ids = {tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id}
 
     def embed(self, texts: Sequence[str]) -> Vectors:
         texts = _check_texts(texts)
@@ -130,21 +117,9 @@ class SentenceTransformerEmbedder(_BothFromTwoCalls):
         )
         return np.asarray(vectors, dtype=np.float32)
 
-    def token_embeddings(self, text: str) -> tuple[list[str], Vectors]:
-        _check_texts([text])
-        hidden = self._model.encode(
-            [text],
-            output_value="token_embeddings",
-            convert_to_numpy=False,
-            show_progress_bar=False,
-        )[0]
-        ids = self._model.tokenizer(text, truncation=True, max_length=self._model.max_seq_length)[
-            "input_ids"
-        ]
-        pieces = self._model.tokenizer.convert_ids_to_tokens(ids)
-        keep = [i for i, token_id in enumerate(ids) if token_id not in self._added_ids]
-        vectors = hidden.detach().cpu().numpy()[keep]
-        return [pieces[i] for i in keep], _normalise_rows(vectors)
+    def fits(self, text: str) -> bool:
+        window = self._model.max_seq_length or _DEFAULT_MAX_SEQ_LENGTH
+        return len(self._model.tokenizer(text)["input_ids"]) <= window
 
 
 class OnnxEmbedder:
@@ -210,18 +185,8 @@ class OnnxEmbedder:
             out[row] = self._forward(self._tokenizer.encode(text).ids).mean(axis=0)
         return _normalise_rows(out)
 
-    def token_embeddings(self, text: str) -> tuple[list[str], Vectors]:
-        _, tokens, vectors = self.embed_with_tokens(text)
-        return tokens, vectors
-
-    def embed_with_tokens(self, text: str) -> tuple[Vectors, list[str], Vectors]:
-        """The sentence vector and the token vectors of one text, from one forward pass."""
-        _check_texts([text])
-        encoding = self._tokenizer.encode(text)
-        hidden = self._forward(encoding.ids)
-        keep = [i for i, special in enumerate(encoding.special_tokens_mask) if not special]
-        sentence = _normalise_rows(hidden.mean(axis=0, keepdims=True))[0]
-        return sentence, [encoding.tokens[i] for i in keep], _normalise_rows(hidden[keep])
+    def fits(self, text: str) -> bool:
+        return not self._tokenizer.encode(text).overflowing
 
     def _forward(self, ids: list[int]) -> Vectors:
         """last_hidden_state (n_tokens, dim) of one unpadded sequence."""

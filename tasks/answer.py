@@ -1,4 +1,5 @@
-"""The tasks: `answer` (queue embed), `generate` (queue llm) and `embed` (queue embed).
+"""The tasks: `answer` (queue embed), `generate` (queue llm), `embed` (queue embed) and
+`audit` (queue audit: a semantic hit answered again, off the request path).
 
 Thin wrappers: they read the job (cache.job: a `Job`, or an `EmbedJob`, built by the web
 in webapp/chat.py and webapp/embed.py) and call the plain functions in tasks.flow.
@@ -6,7 +7,7 @@ in webapp/chat.py and webapp/embed.py) and call the plain functions in tasks.flo
 
 from typing import Any
 
-from cache.job import EmbedJob, Job, describe
+from cache.job import AuditJob, EmbedJob, Job, describe
 from tasks import flow
 from tasks.app import app
 from tasks.resources import resources
@@ -36,3 +37,8 @@ def generate(payload: dict[str, Any]) -> None:
 @app.task(name="flock.embed")
 def embed(payload: dict[str, Any]) -> None:
     flow.embed(resources(), EmbedJob.from_payload(payload))
+
+
+@app.task(name="flock.audit")
+def audit(payload: dict[str, Any]) -> None:
+    flow.audit(resources(), AuditJob.from_payload(payload))

@@ -29,9 +29,7 @@ def active(state: Any, safe: bool = False, **kwargs: Any) -> list[dict[str, Any]
 @inspect_command(alias="dump_reserved")
 def reserved(state: Any, **kwargs: Any) -> list[dict[str, Any]]:
     """List of currently reserved tasks, not including scheduled/active (redacted)."""
-    waiting = state.tset(worker_state.reserved_requests) - state.tset(
-        worker_state.active_requests
-    )
+    waiting = state.tset(worker_state.reserved_requests) - state.tset(worker_state.active_requests)
     return [_info(r) for r in waiting]
 
 

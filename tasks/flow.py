@@ -8,21 +8,30 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from functools import partial
 
 import numpy as np
 
 from cache import Entry, Outcome
+from cache.audit import choose_threshold
 from cache.inflight import InFlight
-from cache.job import EXACT, MISS, SEMANTIC, EmbedJob, Job
+from cache.job import EXACT, MISS, SEMANTIC, AuditJob, EmbedJob, Job
 from cache.lease import Follower
 from cache.semantic import Candidate
-from cache.verify import Check, Option, TokenVectors, Verdict, said_yes, same_question
+from cache.verify import (
+    Check,
+    Option,
+    Verdict,
+    comparable,
+    said_yes,
+    same_answer,
+    same_question,
+)
 from inference import Completion, LLMError, PermanentLLMError
 from tasks.resources import Resources
 
@@ -36,31 +45,31 @@ def answer(res: Resources, job: Job) -> Job | None:
     # `generate` before it calls the LLM; a semantic hit needs no PostgreSQL round trip.
     if _served_from_cache(res, job, durable=False):
         return None
-    if job.mode == "bypass":
+    if job.mode == "bypass" or not res.embedder().fits(job.prompt):
+        # Bypass asks the LLM; a prompt beyond the encoder's window is matched exactly only
+        # (its vector would be the vector of its beginning).
         return job if res.lease.claim(job.key, job.attempt, "q") else None
-    vector, tokens, remember = _embed(res, job.prompt)
+    vector, remember = _embed(res, job.prompt)
     try:
-        return _decide(res, job, vector, tokens)
+        return _decide(res, job, vector)
     finally:
         remember()  # after the outcome is out: waiters do not wait for cache writes
 
 
-def _decide(
-    res: Resources, job: Job, vector: np.ndarray, tokens: Callable[[], TokenVectors]
-) -> Job | None:
+def _decide(res: Resources, job: Job, vector: np.ndarray) -> Job | None:
     ns = job.namespace
     # Announce first, then look at earlier announcements, then search the index: a leader
     # that finished meanwhile is either still announced or already in the index, since it
     # adds to the index before it withdraws its announcement.
     announced = res.inflight.announce(ns, job.key, job.prompt, vector)
-    threshold = max(job.threshold, res.namespace_threshold(ns))
+    bar = _Bar(max(job.threshold, res.namespace_threshold(ns)), res.score_threshold(ns))
     for _ in range(3):
         # List before searching (see above); judge the leaders only if the index has nothing.
         leaders = res.inflight.listed(ns, before=announced) if job.mode == "use" else []
-        if job.mode == "use" and _served_semantically(res, job, vector, tokens, threshold):
+        if job.mode == "use" and _served_semantically(res, job, vector, bar):
             res.inflight.withdraw(ns, announced)
             return None
-        leader = _nearest_leader(res, job, vector, tokens, leaders, threshold)
+        leader = _nearest_leader(res, job, vector, leaders, bar)
         if leader is None:
             break
         me = Follower(job.key, job.attempt, leader.similarity)
@@ -136,24 +145,15 @@ def embed(res: Resources, job: EmbedJob) -> None:
     res.store.finish(key, outcome, ttl_s=None)
 
 
-def _embed(
-    res: Resources, text: str
-) -> tuple[np.ndarray, Callable[[], TokenVectors], Callable[[], None]]:
-    """The text's vector (embedding cache first), a function giving its token vectors, and
-    one that caches what was computed. A new text is embedded in one forward pass that
-    yields both; the token vectors stay at hand for the verifier."""
+def _embed(res: Resources, text: str) -> tuple[np.ndarray, Callable[[], None]]:
+    """The text's vector (embedding cache first), and a function that caches it if it was
+    computed here."""
     model = res.embedder()
     vector = res.embeddings.get(model.name, text)
     if vector is not None:
-        return vector, partial(_tokens, res, text), lambda: None
-    vector, words, token_vectors = model.embed_with_tokens(text)
-    computed = (list(words), token_vectors)
-    return vector, lambda: computed, partial(res.embeddings.put, model.name, text, vector, computed)
-
-
-def _tokens(res: Resources, text: str) -> TokenVectors:
-    model = res.embedder()
-    return res.embeddings.tokens(model.name, text, model.token_embeddings)
+        return vector, lambda: None
+    vector = model.embed([text])[0]
+    return vector, lambda: res.embeddings.put(model.name, text, vector)
 
 
 def _withdraw(res: Resources, job: Job) -> None:
@@ -161,13 +161,17 @@ def _withdraw(res: Resources, job: Job) -> None:
         res.inflight.withdraw(job.namespace, job.inflight_id)
 
 
+class _Bar:
+    """What a candidate must pass: cosine >= `similarity` (the request's threshold, raised
+    by its namespace's wrong hits), then the verifier with the pair model's score >=
+    `score` (the namespace's, learned from audits: cache/audit.py)."""
+
+    def __init__(self, similarity: float, score: float) -> None:
+        self.similarity, self.score = similarity, score
+
+
 def _nearest_leader(
-    res: Resources,
-    job: Job,
-    vector: np.ndarray,
-    tokens: Callable[[], TokenVectors],
-    announced: list[InFlight],
-    threshold: float,
+    res: Resources, job: Job, vector: np.ndarray, announced: list[InFlight], bar: _Bar
 ) -> Candidate | None:
     """The most similar prompt announced before ours that passes the same test as a hit."""
     leaders = [f for f in announced if f.key != job.key]
@@ -176,23 +180,17 @@ def _nearest_leader(
     scores = np.vstack([f.vector for f in leaders]) @ vector
     ranked = sorted(zip(scores, leaders, strict=True), key=lambda p: -p[0])
     cands = [Candidate(leader.key, leader.prompt, float(score)) for score, leader in ranked[:3]]
-    picked = _choose(res, job, tokens, cands, threshold)
+    picked = _choose(res, job, cands, bar)
     return picked[0] if picked else None
 
 
-def _served_semantically(
-    res: Resources,
-    job: Job,
-    vector: np.ndarray,
-    tokens: Callable[[], TokenVectors],
-    threshold: float,
-) -> bool:
+def _served_semantically(res: Resources, job: Job, vector: np.ndarray, bar: _Bar) -> bool:
     cands = [c for c in res.index.search(job.namespace, vector, k=3) if c.key != job.key]
     asked = False  # the LLM's second opinion: once per lookup at most
     while True:
-        picked = _choose(res, job, tokens, cands, threshold)
+        picked = _choose(res, job, cands, bar)
         if picked is None and not asked:
-            asked, picked = True, _second_opinion(res, job, tokens, cands, threshold)
+            asked, picked = True, _second_opinion(res, job, cands, bar)
         if picked is None:
             return False
         cand, verdict = picked
@@ -208,48 +206,40 @@ def _served_semantically(
             entry=entry,
             status=SEMANTIC,
             similarity=cand.similarity,
+            threshold=bar.similarity,
             matched_prompt=cand.prompt,
             checks=verdict.as_dict()["checks"],
         )
         res.store.finish(job.key, outcome, job.ttl)
+        _maybe_audit(res, job, cand, entry, verdict)
         return True
 
 
 def _choose(
-    res: Resources,
-    job: Job,
-    tokens: Callable[[], TokenVectors],
-    cands: list[Candidate],
-    threshold: float,
+    res: Resources, job: Job, cands: list[Candidate], bar: _Bar
 ) -> tuple[Candidate, Verdict] | None:
-    """First stage: `threshold` (the request's, raised by its namespace's wrong hits);
-    second: the verifier, on the texts and MiniLM's token vectors (fetched only for
-    candidates above the threshold). The same choice as `python -m bench.accuracy`."""
-    options = [Option(c.prompt, c.similarity, partial(_tokens, res, c.prompt), c) for c in cands]
-    picked = res.verifier.choose(job.prompt, tokens, options, threshold=threshold)
+    """The nearest candidate that passes `bar`, in cosine order; the same choice as
+    `python -m bench.accuracy`."""
+    options = [Option(c.prompt, c.similarity, c) for c in cands]
+    picked = res.verifier.choose(
+        job.prompt, options, threshold=bar.similarity, score_threshold=bar.score
+    )
     return (picked[0].ref, picked[1]) if picked else None
 
 
 def _second_opinion(
-    res: Resources,
-    job: Job,
-    tokens: Callable[[], TokenVectors],
-    cands: list[Candidate],
-    threshold: float,
+    res: Resources, job: Job, cands: list[Candidate], bar: _Bar
 ) -> tuple[Candidate, Verdict] | None:
     """The uncertain band (LLM_VERIFY_BAND, off by default): the nearest candidate above
     the threshold that the verifier refused by its score alone, with a score in the band,
     is served when the LLM says both ask the same thing. At most one short LLM call."""
     if res.llm_band is None:
         return None
-    bound = max(threshold, res.verifier.lower_bound)
-    above = [c for c in cands if c.similarity >= bound]
+    above = [c for c in cands if c.similarity >= bar.similarity]
     if not above:
         return None
     cand = max(above, key=lambda c: c.similarity)
-    verdict = res.verifier.verify(
-        job.prompt, cand.prompt, cand.similarity, tokens(), _tokens(res, cand.prompt)
-    )
+    verdict = res.verifier.verify(job.prompt, cand.prompt, cand.similarity, bar.score)
     if not res.verifier.doubtful(verdict, res.llm_band):
         return None
     try:
@@ -262,6 +252,44 @@ def _second_opinion(
     if not check.passed:
         return None
     return cand, replace(verdict, accept=True, checks=(*verdict.checks, check))
+
+
+def _maybe_audit(res: Resources, job: Job, cand: Candidate, entry: Entry, verdict: Verdict) -> None:
+    """AUDIT_RATE of the semantic hits (not the text-identical ones) go to the audit queue;
+    a failure to enqueue costs the audit, never the hit."""
+    if verdict.check("identical") is not None or random.random() >= res.audit_rate:
+        return
+    audit_job = AuditJob(
+        namespace=job.namespace, prompt=job.prompt, model=job.model,
+        messages=job.messages, options=job.options, entry_key=cand.key,
+        matched_prompt=cand.prompt, response=entry.response,
+        similarity=cand.similarity, score=verdict.score,
+    )  # fmt: skip
+    try:
+        res.send_audit(audit_job)
+    except Exception as exc:
+        log.warning("audit of %s not queued: %s", job.key[:12], exc)
+
+
+def audit(res: Resources, job: AuditJob) -> bool:
+    """Answer the audited request with the LLM, judge the served answer against it, record
+    the verdict and move the namespace's score threshold (cache/audit.py). Returns whether
+    the hit was right."""
+    fresh = res.llm.chat(job.model, job.messages, job.options).content
+    if comparable(fresh) == comparable(job.response):
+        correct, how = True, "same answer"
+    else:
+        reply = res.llm.chat(job.model, *same_answer(job.prompt, job.response, fresh)).content
+        correct, how = said_yes(reply), f"judge said {reply.strip()[:20]!r}"
+    res.repo.add_audit(job.namespace, job.entry_key, job.prompt, job.matched_prompt,
+                       job.similarity, job.score, correct, how)  # fmt: skip
+    res.redis.hincrby(res.keys.audits, "right" if correct else "wrong")
+    audits = res.repo.audits(job.namespace)
+    threshold = choose_threshold(audits, res.max_error, res.calibration)
+    res.redis.hset(res.keys.scorethreshold, job.namespace, str(threshold))
+    log.info("audit of %s: %s (%s); score threshold now %.3f",
+             job.entry_key[:12], "right" if correct else "wrong", how, threshold)  # fmt: skip
+    return correct
 
 
 @contextmanager

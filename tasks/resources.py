@@ -18,6 +18,8 @@ from celery.signals import celeryd_init, worker_process_init, worker_ready
 from psycopg_pool import ConnectionPool
 
 from cache import EmbeddingCache, ExactStore, InFlightPrompts, Keyspace, Lease, SemanticIndex
+from cache.audit import Calibration, choose_threshold
+from cache.job import AuditJob
 from cache.repo import CacheRepo
 from cache.tokens import TokenWriter
 from cache.verify import Verifier
@@ -30,6 +32,7 @@ from inference import (
     TransientLLMError,
     load_embedder,
 )
+from inference.pair_model import PairModel
 from settings import Settings, current
 
 
@@ -49,6 +52,10 @@ class Resources:
     retry_backoff_s: float
     embed_cache_dir: str
     verifier: Verifier
+    calibration: Calibration  # the pair model's offline error curve (cache/audit.py)
+    max_error: float  # SEMANTIC_MAX_ERROR
+    audit_rate: float  # AUDIT_RATE: the share of semantic hits audited
+    send_audit: Callable[[AuditJob], None]  # queues flock.audit
     llm_band: float | None = None  # LLM_VERIFY_BAND: see tasks.flow._second_opinion
 
     def namespace_threshold(self, namespace: str) -> float:
@@ -61,6 +68,22 @@ class Resources:
                 ns: str(t) for ns, t in self.repo.namespace_thresholds().items()}})  # fmt: skip
             value = self.redis.hget(key, namespace)
         return float(value) if value is not None else 0.0
+
+    def score_threshold(self, namespace: str) -> float:
+        """The pair model's acceptance threshold in this namespace: learned from its audits
+        (tasks.flow.audit keeps it in Redis); the offline operating point for
+        SEMANTIC_MAX_ERROR where none was learned. Reloaded from PostgreSQL when Redis
+        lost it."""
+        key = self.keys.scorethreshold
+        value, loaded = self.redis.hmget(key, [namespace, "_loaded"])
+        if loaded is None:
+            learned: dict[str | bytes, str] = {
+                ns: str(choose_threshold(audits, self.max_error, self.calibration))
+                for ns, audits in self.repo.recent_audits().items()
+            }
+            self.redis.hset(key, mapping={"_loaded": "1", **learned})  # type: ignore[dict-item]
+            value = learned.get(namespace)
+        return float(value) if value is not None else self.verifier.score_threshold
 
     def embedder(self) -> Embedder:
         """The embedding model, loaded on first use: only embedder children ever load it."""
@@ -94,6 +117,9 @@ def _build() -> Resources:
         conf.database_url, min_size=1, max_size=4, kwargs={"autocommit": True}, open=True
     )
     repo = CacheRepo(pool)
+    pair = PairModel()
+    thresholds, error = pair.calibration()
+    calibration = Calibration(tuple(thresholds), tuple(error))
     return Resources(
         redis=client,
         keys=keys,
@@ -108,12 +134,27 @@ def _build() -> Resources:
         max_retries=conf.llm_max_retries,
         retry_backoff_s=conf.llm_retry_backoff_s,
         embed_cache_dir=conf.embed_cache_dir,
-        verifier=Verifier(),
+        verifier=Verifier(
+            pair.score, score_threshold=calibration.operating_point(conf.semantic_max_error)
+        ),
+        calibration=calibration,
+        max_error=conf.semantic_max_error,
+        audit_rate=conf.audit_rate,
+        send_audit=_send_audit,
         llm_band=conf.llm_verify_band,
     )
 
 
 log = logging.getLogger(__name__)
+
+
+def _send_audit(job: AuditJob) -> None:
+    from cache.job import describe
+    from tasks.app import app
+
+    payload = job.to_payload()
+    app.send_task("flock.audit", args=[payload], queue="audit",
+                  argsrepr=describe(payload), kwargsrepr="{}")  # fmt: skip
 
 
 class LLM(Protocol):

@@ -111,6 +111,7 @@ def stack_env(standin: StandIn, database: str) -> dict[str, str]:
         # Many tests sign in from 127.0.0.1; tests/test_accounts.py checks the throttle.
         "AUTH_ATTEMPTS_PER_MINUTE": "0",
         "FEEDBACK_PER_MINUTE": "0",
+        "AUDIT_RATE": "0",  # tests/test_accuracy.py turns audits on where it checks them
     }
 
 

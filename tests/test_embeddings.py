@@ -179,28 +179,16 @@ def test_paraphrases_score_higher_than_unrelated_sentences(embedder: Embedder) -
     assert min(para) > max(unrelated), (para, unrelated)
 
 
-def test_token_embeddings_drop_cls_and_sep(embedder: Embedder) -> None:
-    tokens, vectors = embedder.token_embeddings("Hello world, it's me 🙂")
-    assert tokens == ["hello", "world", ",", "it", "'", "s", "me", "[UNK]"]
-    assert vectors.shape == (len(tokens), EMBEDDING_DIM)
-    assert vectors.dtype == np.float32
-    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
-
-    tokens, vectors = embedder.token_embeddings("")
-    assert tokens == [] and vectors.shape == (0, EMBEDDING_DIM)
-
-    tokens, vectors = embedder.token_embeddings(SAMPLE_SENTENCES[-1])  # 400 words
-    assert len(tokens) == vectors.shape[0] == 254  # 256 minus [CLS] and [SEP]
-
-
-def test_token_embeddings_agree_between_paths(
+def test_both_paths_say_which_texts_fit_the_window(
     onnx_embedder: OnnxEmbedder, torch_embedder: SentenceTransformerEmbedder
 ) -> None:
-    for text in SAMPLE_SENTENCES[:12]:
-        fast_tokens, fast = onnx_embedder.token_embeddings(text)
-        ref_tokens, ref = torch_embedder.token_embeddings(text)
-        assert fast_tokens == ref_tokens
-        assert (fast * ref).sum(axis=1).min() >= 0.97, text
+    """254 word pieces fit (256 with [CLS] and [SEP]); one more is truncated, so the
+    semantic cache must not use that vector."""
+    for embedder in (onnx_embedder, torch_embedder):
+        assert embedder.fits("") and embedder.fits(SAMPLE_SENTENCES[0])
+        assert embedder.fits("word " * 254)
+        assert not embedder.fits("word " * 255)
+        assert not embedder.fits(SAMPLE_SENTENCES[-1])  # 400 words
 
 
 def test_racing_exporters_export_once(shared_cache: SharedCache) -> None:

@@ -1,7 +1,8 @@
 """tasks.flow called directly: the decision (`_decide`: lead, follow or serve), the
-semantic path, and the LLM's second opinion. Real Redis (a key prefix of this test's),
-real PostgreSQL, the real MiniLM model in this process, the Ollama stand-in over HTTP;
-no Celery: the functions the tasks wrap."""
+semantic path, the LLM's second opinion, audits, and prompts beyond the encoder's window.
+Real Redis (a key prefix of this test's), real PostgreSQL, the real MiniLM model and pair
+model in this process, the Ollama stand-in over HTTP; no Celery: the functions the tasks
+wrap."""
 
 from __future__ import annotations
 
@@ -26,24 +27,29 @@ from cache import (
     Outcome,
     SemanticIndex,
 )
-from cache.job import Job
+from cache.audit import Calibration
+from cache.job import AuditJob, Job
 from cache.repo import CacheRepo
 from cache.semantic import Candidate
 from cache.tokens import TokenWriter
 from cache.verify import Verifier
 from inference import OllamaClient
+from inference.pair_model import PairModel
 from tasks import flow
 from tasks.resources import Resources
 from tests.stack import ROOT
 
 pytestmark = pytest.mark.slow  # loads MiniLM in the test process
 MODEL = "llama3.2:1b"
+AUDITS: list[AuditJob] = []  # what `answer` queued for the audit worker
 
 
 @pytest.fixture(scope="module")
 def res(redis_client: redis.Redis, database: str, standin) -> Iterator[Resources]:
     keys = Keyspace(f"t:{uuid.uuid4().hex[:8]}:")
     lease = Lease(redis_client, keys, 5000)
+    pair = PairModel()
+    calibration = Calibration(*map(tuple, pair.calibration()))
     with ConnectionPool(database, min_size=1, max_size=2, kwargs={"autocommit": True}) as pool:
         repo = CacheRepo(pool)
         yield Resources(
@@ -60,7 +66,11 @@ def res(redis_client: redis.Redis, database: str, standin) -> Iterator[Resources
             max_retries=0,
             retry_backoff_s=0.1,
             embed_cache_dir=str(ROOT / "var" / "models"),
-            verifier=Verifier(),
+            verifier=Verifier(pair.score, score_threshold=calibration.operating_point(0.02)),
+            calibration=calibration,
+            max_error=0.02,
+            audit_rate=0.0,
+            send_audit=AUDITS.append,
         )
     for key in redis_client.scan_iter(match=f"{keys.prefix}*"):
         redis_client.delete(key)
@@ -84,9 +94,9 @@ def job_for(res: Resources, prompt: str, seed: int) -> Job:
 
 
 def decide(res: Resources, job: Job) -> Job | None:
-    vector, tokens, remember = flow._embed(res, job.prompt)
+    vector, remember = flow._embed(res, job.prompt)
     try:
-        return flow._decide(res, job, vector, tokens)
+        return flow._decide(res, job, vector)
     finally:
         remember()
 
@@ -150,7 +160,7 @@ def test_the_semantic_path_serves_a_paraphrase_and_refuses_a_trap(res, standin, 
     got = published(listening)
     assert got is not None and got.status == "semantic", got
     assert got.matched_prompt == first.prompt and got.similarity >= 0.8
-    assert {c["name"]: c["passed"] for c in got.checks or []}["verifier"] is True
+    assert {c["name"]: c["passed"] for c in got.checks or []}["pair_model"] is True
     alias = res.store.get(reworded.key)  # an exact alias, at the similarity it was made at
     assert replace(alias, similarity=None) == stored and alias.similarity == got.similarity
     assert res.redis.get(res.keys.lock(reworded.key)) is None  # released
@@ -173,12 +183,13 @@ def band_case(res: Resources, query: str, cached: str, seed: int) -> tuple[Job, 
 
 
 def second_opinion(res: Resources, job: Job, cands: list[Candidate]):
-    return flow._second_opinion(res, job, lambda: flow._tokens(res, job.prompt), cands, 0.8)
+    # A score threshold no pair reaches: every candidate the guards let through is refused
+    # by its score alone.
+    return flow._second_opinion(res, job, cands, flow._Bar(0.8, 1.0))
 
 
 def test_the_second_opinion_asks_the_llm_about_a_score_refusal_only(res, standin, seed):
     banded = replace(res, llm_band=0.0)
-    # A paraphrase the shipped verifier refuses by its score (bench/data/traps.jsonl).
     job, cands = band_case(res, "Is it safe for dogs to eat grapes?", "Can dogs eat grapes?", seed)
     assert second_opinion(res, job, cands) is None  # the band is off: nobody asks
     assert standin.calls()["chat"] == 0
@@ -188,7 +199,7 @@ def test_the_second_opinion_asks_the_llm_about_a_score_refusal_only(res, standin
     assert picked is not None and picked[0] == cands[0]
     cand, verdict = picked
     checks = {c.name: c for c in verdict.checks}
-    assert verdict.accept and checks["verifier"].passed is False and checks["llm"].passed
+    assert verdict.accept and checks["pair_model"].passed is False and checks["llm"].passed
     assert standin.calls()["chat"] == 1
     assert "Can dogs eat grapes?" in standin.calls()["prompts"][-1]
 
@@ -219,3 +230,51 @@ def test_the_exact_re_check_serves_an_alias_only_at_its_similarity(res, seed):
     served = published(pubsub)
     assert served is not None and served.status == "exact"
     assert (served.entry.id, served.similarity) == (original.id, 0.85)
+
+
+def test_a_prompt_beyond_the_window_is_matched_exactly_only(res, standin, seed):
+    """The encoder reads 254 word pieces: a longer prompt's vector would be its beginning's,
+    so two long prompts with the same context and another last instruction would match.
+    Such a prompt is never embedded, announced or indexed; its exact key still caches."""
+    context = "Here is the text of our meeting notes. " + "We discussed the budget. " * 60
+    long_job = job_for(res, context + "Summarise it in one sentence.", seed)
+    sent_on = flow.answer(res, long_job)
+    assert sent_on is not None and sent_on.embedding is None and sent_on.inflight_id is None
+    flow.generate(res, sent_on)
+    assert res.store.get(long_job.key) is not None
+
+    other = job_for(res, context + "Translate it into French.", seed)
+    listening = outcomes(res, other)
+    assert flow.answer(res, other) is not None  # to the LLM: no semantic hit
+    assert published(listening) is None
+    assert standin.calls()["chat"] == 1
+
+
+def test_an_audit_judges_a_hit_and_moves_its_namespace(res, standin, seed):
+    """AUDIT_RATE of semantic hits are queued (here: all); the audit answers the request
+    again, asks the judge when the answers differ, records the verdict in PostgreSQL and
+    puts the namespace's learned score threshold in Redis."""
+    audited = replace(res, audit_rate=1.0)
+    first = job_for(res, "How long should I boil an egg for a runny yolk?", seed)
+    flow.generate(res, flow.answer(res, first))
+    AUDITS.clear()
+    reworded = job_for(res, "How long do I boil an egg for a runny yolk?", seed)
+    assert flow.answer(audited, reworded) is None  # a semantic hit
+    [job] = AUDITS
+    assert job.entry_key == first.key and job.matched_prompt == first.prompt
+    assert job.namespace == reworded.namespace and 0.0 < job.score <= 1.0
+    calls = standin.calls()["chat"]
+
+    standin.configure(reply="No")  # a fresh answer unlike the served one, then the judge
+    assert flow.audit(res, job) is False
+    assert standin.calls()["chat"] == calls + 2
+    assert "Answer A:" in standin.calls()["prompts"][-1]
+    [row] = res.repo.audits(job.namespace)
+    assert (row.score, row.correct) == (pytest.approx(job.score, abs=1e-6), False)
+    learned = float(res.redis.hget(res.keys.scorethreshold, job.namespace))
+    assert learned > res.verifier.score_threshold  # one wrong hit: stricter here
+    assert res.score_threshold(job.namespace) == learned
+    assert res.score_threshold("another namespace") == res.verifier.score_threshold
+
+    res.redis.delete(res.keys.scorethreshold)  # Redis lost it: rebuilt from PostgreSQL
+    assert res.score_threshold(job.namespace) == pytest.approx(learned)

@@ -37,7 +37,7 @@ def test_a_paraphrase_is_served_from_the_earlier_answer(stack, standin, ns):
     assert body["cache"]["matched_prompt"] == f"How do I reset the password of my {t} account?"
     assert body["cache"]["threshold"] <= body["cache"]["similarity"] < 1
     checks = {c["name"]: c["passed"] for c in body["cache"]["checks"]}
-    assert checks["verifier"] and checks["negation"] and checks["numbers"]  # what decided it
+    assert checks["pair_model"] and checks["negation"] and checks["numbers"]  # what decided it
     assert body["message"] == first.json()["message"]
     assert standin.calls()["chat"] == 1
 

@@ -29,6 +29,8 @@ def from_settings(s: Settings) -> dict[str, Any]:
         "FLOWER_URL": s.flower_url,
         "OLLAMA_MODEL": s.ollama_model,
         "SEMANTIC_THRESHOLD": s.semantic_threshold,
+        "SEMANTIC_MAX_ERROR": s.semantic_max_error,
+        "AUDIT_RATE": s.audit_rate,
         "CACHE_TTL": s.cache_ttl,
         "LOCK_LEASE_MS": s.lock_lease_ms,
         "REQUEST_TIMEOUT_S": s.request_timeout_s,

@@ -143,7 +143,20 @@ def stats() -> ResponseReturnValue:
             )
             .fetchall()
         )
+        audits = (
+            conn.cursor(row_factory=dict_row)
+            .execute(
+                "SELECT left(namespace, 16) AS namespace, count(*) AS audited,"
+                " count(*) FILTER (WHERE NOT correct) AS wrong, max(at) AS last"
+                " FROM audits WHERE at > now() - make_interval(secs => %s)"
+                " GROUP BY namespace ORDER BY max(at) DESC LIMIT 50",
+                (window,),
+            )
+            .fetchall()
+        )
     by = {r["outcome"]: r for r in rows}
+    audited = sum(a["audited"] for a in audits)
+    wrong = sum(a["wrong"] for a in audits)
     answered = sum(r["n"] for o, r in by.items() if o != "error")
     hits = sum(by[o]["n"] for o in ("exact", "semantic", "coalesced") if o in by)
     return jsonify(
@@ -157,6 +170,16 @@ def stats() -> ResponseReturnValue:
             "llm_calls": by["miss"]["n"] if "miss" in by else 0,
             "llm_calls_saved": hits,
             "tokens_saved": sum(int(r["tokens_saved"] or 0) for r in rows),
+            # Semantic hits answered again and judged (AUDIT_RATE); the error rate they
+            # measure is what SEMANTIC_MAX_ERROR bounds.
+            "audits": {
+                "audited": audited,
+                "wrong": wrong,
+                "error_rate": wrong / audited if audited else None,
+                "max_error": current_app.config["SEMANTIC_MAX_ERROR"],
+                "audit_rate": current_app.config["AUDIT_RATE"],
+                "namespaces": audits,
+            },
             "latency_ms": {
                 o: {"p50": by[o]["p50_ms"], "p95": by[o]["p95_ms"]} for o in _OUTCOMES if o in by
             },

@@ -7,7 +7,8 @@ Two kinds:
   PROMETHEUS_MULTIPROC_DIR set, prometheus_client writes each process's values to files
   in that directory and a scrape sums them, so any worker's /metrics shows the totals.
   Without it (one process, tests in-process) they live in a plain registry.
-- Read from Redis at scrape time: in-flight leases and queue depths. They describe the
+- Read from Redis at scrape time: in-flight leases, queue depths and the audits' verdicts
+  (counted by the audit worker: tasks/flow.py). They describe the
   shared state rather than this process, so they are never stored per process. Both are
   cheap reads whatever the size of the keyspace: the leases are kept in a sorted set as
   they are taken and released (cache/lease.py: in_flight), the queues are LLENs.
@@ -23,7 +24,7 @@ from typing import TypeVar
 
 import redis
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 OUTCOMES = ("exact", "semantic", "coalesced", "miss", "error")
-QUEUES = ("embed", "llm")  # the Celery queues (celeryconfig.task_routes)
+QUEUES = ("embed", "llm", "audit")  # the Celery queues (celeryconfig.task_routes)
 
 # Own registry rather than the global default: importing this module twice (tests, the
 # Flask reloader) must not fail with "Duplicated timeseries".
@@ -85,7 +86,16 @@ class RedisGauges(Collector):
     def __init__(self, cache_url: str, keys: Keyspace, broker_url: str) -> None:
         self.cache_url, self.keys, self.broker_url = cache_url, keys, broker_url
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        audits = CounterMetricFamily(
+            "flock_audits",
+            "Semantic hits audited (answered again and judged), by verdict",
+            labels=["verdict"],
+        )
+        if (judged := _safely(self._audits)) is not None:
+            for verdict in ("right", "wrong"):
+                audits.add_metric([verdict], judged.get(verdict, 0))
+            yield audits
         leases = GaugeMetricFamily(
             "flock_inflight_leases",
             "Single-flight leases held now: questions being answered",
@@ -102,6 +112,10 @@ class RedisGauges(Collector):
                 for queue, length in lengths.items():
                     depth.add_metric([queue], length)
                 yield depth
+
+    def _audits(self) -> dict[str, int]:
+        raw = timed_redis(self.cache_url).hgetall(self.keys.audits)
+        return {k.decode() if isinstance(k, bytes) else k: int(v) for k, v in raw.items()}
 
     def _count_leases(self) -> int:
         return in_flight(timed_redis(self.cache_url), self.keys)

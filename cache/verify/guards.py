@@ -5,7 +5,11 @@ questions? Each gives a `Check` with a level: 0 no difference, 1 one-sided evide
 
 from __future__ import annotations
 
-from cache.verify.lexicon import NEG_PREFIXES, SYMMETRIC
+import re
+import unicodedata
+from collections import Counter
+
+from cache.verify.lexicon import NEG_PREFIXES, OPPOSITES, SYMMETRIC
 from cache.verify.results import Check
 from cache.verify.text import Text, analyse, jaccard
 from cache.verify.words import stem
@@ -22,6 +26,8 @@ def guard_negation(a: str, b: str) -> Check:
             for pre in NEG_PREFIXES:
                 rest = w[len(pre) :]
                 if w.startswith(pre) and len(rest) >= 4 and rest in y.lowset - x.lowset:
+                    if pre == "a" and len(rest) < 6:
+                        continue  # atypical/typical, not arise/rise or aboard/board
                     detail.append(f"{w} vs {rest}")
     # In a heavy rewrite negation moves around ("zero-copy" / "without a copy"); it
     # is decisive only when the two prompts otherwise share most of their words.
@@ -47,7 +53,31 @@ def guard_numbers(a: str, b: str) -> Check:
         only_a, only_b = only_a | ua, only_b | ub
     level = 2 if only_a and only_b else 1 if only_a or only_b else 0
     detail = f"{sorted(only_a)} vs {sorted(only_b)}" if level else ""
+    if level < 2:
+        clash = _quantity_clash(ta.quantities, tb.quantities)
+        if clash:
+            level, detail = 2, clash
     return Check("numbers", level == 0, detail, level=level)
+
+
+def _quantity_clash(qa: tuple[str, ...], qb: tuple[str, ...]) -> str:
+    """Numbers as a multiset with their units: "5 mg" vs "5 g", "3 and 3" vs "3 and 4"
+    (the second 3 changed while the first stayed), "$5" vs "5 €". A unit that one side
+    leaves out ("in 2 hours" / "in two") is no clash."""
+    if qa == qb or not qa or not qb:
+        return ""
+    values_a = Counter(q.split(" ")[0] for q in qa)
+    values_b = Counter(q.split(" ")[0] for q in qb)
+    if values_a != values_b:
+        return f"{list(qa)} vs {list(qb)}"
+    units_a = {q for q in qa if " " in q}
+    units_b = {q for q in qb if " " in q}
+    for q in units_a ^ units_b:
+        value = q.split(" ")[0]
+        mine, theirs = (units_a, units_b) if q in units_a else (units_b, units_a)
+        if any(o.split(" ")[0] == value for o in theirs - mine):
+            return f"{list(qa)} vs {list(qb)}"
+    return ""
 
 
 def _present(entity: str, other: Text) -> bool:
@@ -108,6 +138,8 @@ def guard_order(a: str, b: str) -> Check:
     ca, cb = ta.content, tb.content
     symmetric = SYMMETRIC & (ta.lowset | tb.lowset)
     if len(ca) >= 2 and ca != cb and sorted(ca) == sorted(cb) and not symmetric:
+        if _fronted(ta, tb, b) or _fronted(tb, ta, a):
+            return Check("order", True, "a phrase moved to the front")
         # With the same function words too, nothing but the roles moved (no passive
         # voice, no "use X to"): "Is a square a rectangle" / "Is a rectangle a square".
         level = 2 if ta.skeleton == tb.skeleton else 1
@@ -115,8 +147,126 @@ def guard_order(a: str, b: str) -> Check:
     return Check("order", True)
 
 
+def _base(word: str) -> str:
+    return word.removesuffix("'s").removesuffix("'")
+
+
+def guard_opposite(a: str, b: str) -> Check:
+    """A word of one prompt against its opposite in the other, in any word form (WordNet's
+    antonyms and data/opposites_extra.txt): permit/forbidden, mandatory/voluntary,
+    boys'/girls', accepted/declined. Decisive when the rest of the two prompts is mostly
+    the same (a minimal pair); in a heavy rewrite one-sided evidence, since paraphrases
+    reword freely ("forgot my password" / "can't remember my password")."""
+    ta, tb = analyse(a), analyse(b)
+    wa = {_base(w) for w in ta.lowset}
+    wb = {_base(w) for w in tb.lowset}
+    found = []
+    for w in sorted(wa - wb):
+        for o in OPPOSITES.get(w, frozenset()) & (wb - wa):
+            found.append((w, o))
+    if not found:
+        return Check("opposite", True)
+    flipped = {stem(x) for pair in found for x in pair}
+    ca, cb = set(ta.content) - flipped, set(tb.content) - flipped
+    rest = len(ca & cb) / len(ca | cb) if ca | cb else 1.0
+    level = 2 if rest >= 0.5 else 1
+    detail = ", ".join(f"{x}/{y}" for x, y in found[:3])
+    return Check("opposite", False, detail, level=level)
+
+
+# Characters that change what is asked: operators, comparisons, currencies, units.
+_SYMBOLS = frozenset("<>=+-*/%^&|~≤≥≠≈±×÷√∑∏∞°‰€$£¥₹#@")
+
+
+def _symbols(text: str) -> Counter[str]:
+    """Symbols of a prompt, except a hyphen, slash or ampersand joining two letters
+    (e-mail, and/or, R&D) and a hyphen or dot inside a number's digits."""
+    t = unicodedata.normalize("NFKC", text)
+    out: Counter[str] = Counter()
+    for i, c in enumerate(t):
+        if c not in _SYMBOLS:
+            continue
+        before, after = t[i - 1 : i], t[i + 1 : i + 2]
+        if c in "-/&'" and before.isalpha() and after.isalpha():
+            continue
+        out[c] += 1
+    # "!=", "<=", "->", "**": two-character operators count as one.
+    for op in re.findall(r"!=|<=|>=|==|->|=>|\*\*|\+\+|--", t):
+        out[op] += 1
+        for c in op:
+            out[c] -= 1
+    return +out
+
+
+_TECHNICAL = _SYMBOLS | frozenset("[]{}()\\_^⁰¹²³⁴⁵⁶⁷⁸⁹₀₁₂₃₄₅₆₇₈₉")
+_EDGES = "?!.,;:\"'“”‘’()"
+
+
+def _technical(text: str) -> Counter[str]:
+    """Chunks of a prompt that hold symbols ("i++", "a[::-1]", "\\d+", "x^2", "'a%'"), as
+    written: case and order inside a chunk matter ("\\d" is not "\\D", "i++" not "++i")."""
+    out: Counter[str] = Counter()
+    for chunk in unicodedata.normalize("NFC", text).split():
+        c = chunk.strip(_EDGES + "`")
+        # Hyphens and slashes inside words (state-of-the-art, and/or) are spelling.
+        bare = re.sub(r"(?<=[^\W\d_])[-/](?=[^\W\d_])", "", c)
+        if any(ch in _TECHNICAL for ch in bare):
+            # Case counts only where it is syntax (regex classes); "Iter_archive" at the
+            # start of a sentence is iter_archive.
+            out[c if "\\" in c else c.casefold()] += 1
+    return out
+
+
+def _replaced(x: Counter[str], y: Counter[str]) -> bool:
+    return bool(x - y) and bool(y - x)
+
+
+def guard_symbols(a: str, b: str) -> Check:
+    """Operators and symbols: "Is 5 > 3" vs "Is 5 < 3", "2+2" vs "2-2", "$5" vs "€5",
+    "i++" vs "++i". A conflict when both prompts have symbols and they differ; one-sided
+    when only one has any ("2+2" / "two plus two")."""
+    sa, sb = _symbols(a), _symbols(b)
+    ta, tb = _technical(a), _technical(b)
+    if sa == sb and ta == tb:
+        return Check("symbols", True)
+    # A conflict is a replacement: each side has something the other lacks.
+    level = 2 if _replaced(sa, sb) or _replaced(ta, tb) else 1
+    detail = f"{' '.join(sorted(ta)) or '-'} vs {' '.join(sorted(tb)) or '-'}"
+    return Check("symbols", False, detail, level=level)
+
+
+_LEADERS = frozenset(
+    "in on for at with during using from after before when if as by via under within without "
+    "to into onto over about regarding".split()
+)
+
+
+def _fronted(x: Text, y: Text, y_raw: str) -> bool:
+    """y is x with one phrase moved to the front: "How do I reverse a list in Python?" /
+    "In Python, how do I reverse a list?". Unlike swapped roles, the moved phrase opens y
+    with a preposition or ends at a comma, and the rest keeps its order."""
+    cx, cy = list(x.content), list(y.content)
+    for cut in range(1, len(cy)):
+        head, tail = cy[:cut], cy[cut:]
+        if cx == tail + head or _moved(cx, head, tail):
+            opens = bool(y.lows) and y.lows[0] in _LEADERS
+            before_comma = analyse(y_raw.split(",")[0]).content if "," in y_raw else ()
+            return opens or list(before_comma) == head
+    return False
+
+
+def _moved(cx: list[str], head: list[str], tail: list[str]) -> bool:
+    """cx has `head` as one block somewhere inside `tail`."""
+    n = len(head)
+    return any(cx[i : i + n] == head and cx[:i] + cx[i + n :] == tail for i in range(len(cx)))
+
+
 GUARDS = (guard_negation, guard_numbers, guard_entities, guard_scope, guard_direction,
-          guard_order)  # fmt: skip
+          guard_order, guard_opposite, guard_symbols)  # fmt: skip
+
+
+def _odd_negations(a: str, b: str) -> bool:
+    return (len(analyse(a).negations) - len(analyse(b).negations)) % 2 == 1
 
 
 def run_guards(a: str, b: str) -> list[Check]:
@@ -124,6 +274,16 @@ def run_guards(a: str, b: str) -> list[Check]:
     ('Is A taller than B' == 'Is B shorter than A')."""
     checks = [g(a, b) for g in GUARDS]
     by = {c.name: c for c in checks}
+    flipped = by["opposite"].level or by["direction"].level
+    if flipped and by["negation"].level and _odd_negations(a, b):
+        # A negated opposite: "can't remember" == "forget", "not safe" == "unsafe".
+        checks = [
+            Check(c.name, True, "double flip: " + c.detail)
+            if c.name in ("opposite", "direction", "negation")
+            else c
+            for c in checks
+        ]
+        by = {c.name: c for c in checks}
     if by["direction"].level == 2 and by["order"].level >= 1:
         if "than" in analyse(a).lowset | analyse(b).lowset:
             checks = [

@@ -17,5 +17,21 @@ def same_question(a: str, b: str) -> tuple[list[dict[str, str]], dict[str, Any]]
     return [{"role": "user", "content": content}], {"temperature": 0, "num_predict": 3}
 
 
+def same_answer(
+    question: str, first: str, second: str
+) -> tuple[list[dict[str, str]], dict[str, Any]]:
+    """The audit's judge (tasks.flow.audit): does the served answer say what the fresh one
+    says? Long texts are cut: the judge needs the gist, not every word."""
+    content = SAME_ANSWER.format(q=question[:2000], a=first[:4000], b=second[:4000])
+    return [{"role": "user", "content": content}], {"temperature": 0, "num_predict": 3}
+
+
+SAME_ANSWER = (
+    "Two answers to one question follow. Reply with one word, yes or no: do they give the "
+    "same answer (the same facts, figures and advice; the wording may differ)?\n\n"
+    "Question: {q}\n\nAnswer A: {a}\n\nAnswer B: {b}"
+)
+
+
 def said_yes(reply: str) -> bool:
     return reply.strip().lower().startswith("yes")

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from cache.verify.lexicon import (
     AMBIGUOUS_MONTHS,
     DAYS,
+    MEASURES,
     MONTHS,
     ORDINALS,
     ROMAN,
@@ -84,3 +85,37 @@ def find_numbers(words: Sequence[Word]) -> tuple[frozenset[str], bool]:
             found.add(value)
         i += used
     return frozenset(found), ones > 0 and "1" in found
+
+
+_FUSED = re.compile(r"^(\d+(?:\.\d+)?)([a-zµ°/]+)$")
+
+
+def find_quantities(words: Sequence[Word]) -> tuple[str, ...]:
+    """Every number with its unit, as a sorted multiset: "5 mg and 5 g" -> ("5 g", "5 mg");
+    "$5" -> ("5 $",); a number without a unit stands alone ("3")."""
+    out: list[str] = []
+    i = 0
+    while i < len(words):
+        w = words[i]
+        fused = _FUSED.match(w.low)
+        if fused and fused.group(2) in MEASURES:
+            out.append(f"{_canonical(fused.group(1))} {MEASURES[fused.group(2)]}")
+            i += 1
+            continue
+        value, used = _number_value(words, i) if w.low not in ORDINALS else (None, 1)
+        if value is None or (w.low == "one" and used == 1):
+            i += used
+            continue
+        before = words[i - 1].low if i else ""
+        after = words[i + used].low if i + used < len(words) else ""
+        unit = MEASURES.get(after) or (MEASURES[before] if before in _PREFIX_MEASURES else "")
+        out.append(f"{value} {unit}".strip())
+        i += used
+    return tuple(sorted(out))
+
+
+_PREFIX_MEASURES = frozenset("$ € £ ¥ ₹".split())
+
+
+def _canonical(digits: str) -> str:
+    return digits if "." in digits else str(int(digits))

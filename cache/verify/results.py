@@ -1,22 +1,20 @@
-"""What the verifier takes and gives: token vectors, candidates (`Option`), the checks that
-ran (`Check`) and the decision (`Verdict`); its one error, `VerifierError`."""
+"""What the verifier takes and gives: candidates (`Option`), the checks that ran (`Check`),
+the decision (`Verdict`), the pair model's signature (`PairScorer`); its one error,
+`VerifierError`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
-TokenVectors = tuple[Sequence[str], np.ndarray]
-# Token vectors, or a function that fetches them (called at most once, and only for a
-# candidate that passes the cosine threshold).
-LazyTokens = TokenVectors | Callable[[], TokenVectors | None] | None
+# P(same question) of (query, candidate) from a model that reads both texts together, or
+# None when the pair does not fit the model's window (inference.pair_model.PairModel.score).
+PairScorer = Callable[[str, str], float | None]
 
 
 class VerifierError(ValueError):
-    """The weights file or the arguments are unusable."""
+    """The arguments are unusable."""
 
 
 @dataclass(frozen=True)
@@ -40,7 +38,8 @@ class Check:
 
 @dataclass(frozen=True)
 class Verdict:
-    """Decision for one candidate. `score` is the verifier's P(same question)."""
+    """Decision for one candidate. `score` is the pair model's P(same question) (1 for the
+    same text, 0 when the model did not run)."""
 
     accept: bool
     similarity: float
@@ -55,18 +54,15 @@ class Verdict:
             "checks": [c.as_dict() for c in self.checks],
         }
 
+    def check(self, name: str) -> Check | None:
+        return next((c for c in self.checks if c.name == name), None)
+
 
 @dataclass(frozen=True)
 class Option:
-    """One candidate for `Verifier.choose`: a cached prompt, its cosine to the query,
-    its token vectors (or a function fetching them), and `ref`, the caller's own handle
-    (an index candidate, an entry key), handed back untouched."""
+    """One candidate for `Verifier.choose`: a cached prompt, its cosine to the query, and
+    `ref`, the caller's own handle (an index candidate, an entry key), handed back untouched."""
 
     text: str
     similarity: float
-    tokens: LazyTokens = None
     ref: Any = None
-
-
-def resolve(tokens: LazyTokens) -> TokenVectors | None:
-    return tokens() if callable(tokens) else tokens

@@ -5,14 +5,17 @@ words and directed pairs (from A to B, X than Y)."""
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
 from cache.verify.lexicon import (
+    ANYWHERE_FILLERS,
     COMPARATIVES,
     DAYS,
     DIRECTION_GROUPS,
+    FILLERS,
     FLOW_MARKERS,
     MONTHS,
     NEGATIONS,
@@ -26,7 +29,7 @@ from cache.verify.lexicon import (
     TIME_UNITS,
     UNITS,
 )
-from cache.verify.numbers import find_numbers
+from cache.verify.numbers import find_numbers, find_quantities
 from cache.verify.words import Word, is_content_word, stem, tokenise
 
 
@@ -42,6 +45,7 @@ class Text:
     content: tuple[str, ...]  # stemmed content words, in order
     negations: tuple[str, ...]
     numbers: frozenset[str]
+    quantities: tuple[str, ...]  # every number with its unit, a sorted multiset
     bare_one: bool  # the only "1" came from a bare "one" ("one sender" = "a sender")
     entities: tuple[str, ...]
     acronyms: Mapping[str, frozenset[str]]  # "us" -> {"united", "states"}
@@ -69,6 +73,7 @@ def analyse(text: str) -> Text:
         content=tuple(stem(w) for w in lows if is_content_word(w)),
         negations=tuple(w for w in lows if w in NEGATIONS or w.endswith("n't")),
         numbers=numbers,
+        quantities=find_quantities(words),
         bare_one=bare_one,
         entities=_entities(words),
         acronyms=_acronyms(words),
@@ -205,3 +210,27 @@ def _flows(lows: Sequence[str]) -> frozenset[tuple[str, str, str]]:
 def jaccard(ta: Text, tb: Text) -> float:
     ca, cb = set(ta.content), set(tb.content)
     return len(ca & cb) / len(ca | cb) if ca | cb else 1.0
+
+
+_FILLER_PATTERN = "|".join(re.escape(f) for f in FILLERS)
+_LEADING = re.compile(rf"^(?:(?:{_FILLER_PATTERN})\b[\s,.!:;—-]*)+", re.IGNORECASE)
+_TRAILING = re.compile(rf"(?:[\s,.!:;—-]*\b(?:{_FILLER_PATTERN}))+[\s.!?:)(;]*$", re.IGNORECASE)
+_ANYWHERE = re.compile(rf"\b(?:{'|'.join(sorted(ANYWHERE_FILLERS))})\b[\s,]*", re.IGNORECASE)
+# Emoji and pictographs, which carry tone, not the question.
+_EMOJI = re.compile("[\U0001f000-\U0001faff\u2600-\u27bf\ufe0f]")
+# Punctuation that does not change a question; symbols (+ - * / < > = % $ € ...) stay.
+_SOFT_PUNCT = re.compile(r"[\s.,;:!?¿¡…\"“”‘’'()\[\]{}—–]+")
+
+
+@lru_cache(maxsize=8192)
+def comparable(text: str) -> str:
+    """The text two prompts are compared by: Unicode-normalised (NFKC, casefold), greetings,
+    fillers, sign-offs and emoji removed, punctuation and spacing collapsed; symbols and
+    operators kept ("Is 5 > 3" != "Is 5 < 3"), and every script kept."""
+    t = unicodedata.normalize("NFKC", text).casefold()
+    t = _EMOJI.sub(" ", t)
+    t = _ANYWHERE.sub(" ", t)
+    for _ in range(3):  # "Hi! Quick question: ..." peels one filler at a time
+        t = _LEADING.sub("", t.strip())
+        t = _TRAILING.sub("", t.strip())
+    return _SOFT_PUNCT.sub(" ", t).strip()

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from cache.verify.lexicon import NEGATIONS, STOPWORDS
 
 _LEADING_ANSWER = re.compile(r"^\s*(yes|no)\s*,\s*", re.IGNORECASE)
-_TOKEN = re.compile(r"`[^`]+`|v?\d+(?:\.\d+)+|[A-Za-z0-9_]+(?:['’][A-Za-z]+)?(?:\(\))?|[$%]")
+# Unicode words (Cyrillic, Greek, CJK are words too), "C++" and "C#" whole, code spans,
+# versions; currency and percent signs as words of their own.
+_TOKEN = re.compile(r"`[^`]+`|v?\d+(?:\.\d+)+|\w+(?:['’]\w+)?(?:\+\+|#(?!\w))?(?:\(\))?|[$%€£¥₹‰]")
 
 
 @dataclass(frozen=True)
@@ -45,10 +47,10 @@ def tokenise(text: str) -> list[Word]:
         tok = m.group(0)
         code = tok.startswith("`") or "_" in tok or tok.endswith("()")
         if tok.startswith("`"):
-            tok = "".join(p for p in re.split(r"[^A-Za-z0-9_.]+", tok) if p).strip(".")
+            tok = "".join(p for p in re.split(r"[^\w.]+", tok) if p).strip(".")
         tok = tok.removesuffix("()")
         if tok:
-            words.append(Word(tok, tok.lower().replace("’", "'"), start, code))
+            words.append(Word(tok, tok.casefold().replace("’", "'"), start, code))
             start = False
     return words
 
