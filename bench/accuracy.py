@@ -1,33 +1,27 @@
-"""How often does the semantic cache serve the right answer, a wrong one, or none?
+"""Semantic accuracy: how often the cache serves the answer of the same question, of a
+different one, or none; the cosine first stage alone and with the second stage.
 
-    python -m bench.accuracy [extra.jsonl ...] [--target-precision 0.97]
+    python -m bench.accuracy [--target-precision 0.95] [--quick] [--calibrate]
 
-Two modes, each with the second stage off and on:
+A pair (query, cached prompt) is *served* when its cosine (the serving MiniLM embedder,
+vectors cached in var/verifier/) is >= the cosine threshold and the stage accepts:
+`cosine` (nothing more), `guards` (the verifier at score threshold 0: identical texts
+accepted; language and window refusals; the hard guards' vetoes) or `verifier` (the full
+second stage: the pair model's P(same) >= the score threshold; one thread, memoised).
 
-- pairs: labelled pairs {a, b, same} -- the shared paraphrase set (all same), the
-  hand-written traps (bench/data/traps.jsonl) and any JSON/JSONL file given on the
-  command line. A pair is *served* when cosine >= threshold and the stage accepts.
-  right = served & same, wrong = served & different, miss = not served & same.
-- retrieval: all first questions of the shared set are indexed; each paraphrase is a
-  query; its K=3 nearest entries go to `Verifier.choose` (the function the answer task
-  uses): among those above the threshold that the stage accepts, the best-scored one is
-  served. `cosine` serves the nearest; `verifier_first` is the older rule (the first
-  accepted in cosine order), for comparison. Right when the served entry is the
-  query's own (same normalised text), wrong otherwise.
-  `wrong_distinct` leaves out wrong entries that are the same statement as the
-  query's own (the set repeats facts: "`iter_archive` method iterates over files in
-  an archive" / "`iter_archive` function iterates over files within an archive"):
-  cosine >= 0.9 between the two entries and the verifier accepts them as one.
+Sets: the public question pairs (bench/qqp.py, split by question component: the operating
+point is chosen on `val` only, `test` is only reported); bench/data/traps.jsonl;
+bench/data/nearmiss.jsonl (`tune` and `holdout` reported apart, per kind; neither chooses
+anything); retrieval on the shared paraphrase set: every first question indexed, each
+paraphrase gets its K=3 nearest and `Verifier.choose` serves one (right: its own entry).
 
-Stages: `cosine` (threshold only), `guards` (+ hard-guard vetoes), `verifier`
-(+ model with token alignment, as served), `verifier_text` (model without token
-vectors). The operating point of each stage is the lowest threshold whose pooled
-precision over the sets that contain negatives reaches --target-precision.
-
-Honest figure: `--fold-weights var/verifier` (written by `bench.train_verifier --folds`)
-judges every shared pair and every retrieval query with the verifier fitted on the
-other folds (by source pair), i.e. one that never saw it. Traps and extra files use
---weights (the shipped model by default); traps are never trained on.
+Operating point: over a grid of cosine x score thresholds, the highest QQP val recall at
+precision >= --target-precision (0.90 when out of reach). Reported there and at the
+baseline (cosine 0.80, no second stage) with the floors, the val P/R curves and the cost
+of the second stage per lookup (`Verifier.choose`, real model, one thread, text caches
+cleared: p50/p99 ms). --calibrate writes the point and the val error curve (wrong share
+among the pairs the verifier accepts, per score threshold, non-increasing) into
+inference/models/pair-model.json for cache/audit.py. --quick subsamples (under 2 minutes).
 
 The table goes to stderr; stdout gets one JSON summary.
 """
@@ -36,33 +30,50 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import random
+import re
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.build_pairs import (
-    SHARED_PAIRS,
-    EmbeddingStore,
-    fold_of,
-    load_labelled,
-    load_shared,
-    normalise,
-)
-from cache.verify import DEFAULT_WEIGHTS, Option, TokenVectors, Verdict, Verifier
+from bench import qqp
+from bench.build_pairs import EmbeddingStore, load_labelled, load_shared, normalise
+from cache.verify import Option, Verifier, comparable, foreign
 from cache.verify.text import analyse
+from inference.pair_model import MODEL_DIR, PairModel
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAPS = ROOT / "bench" / "data" / "traps.jsonl"
-THRESHOLDS = [round(float(t), 2) for t in np.arange(0.70, 0.99, 0.02)]
-STAGES = ("cosine", "guards", "verifier", "verifier_text")
-RETRIEVAL_STAGES = ("cosine", "guards", "verifier_first", "verifier", "verifier_text")
-K = 3  # candidates per lookup, as tasks/flow.py asks the index for
+NEARMISS = ROOT / "bench" / "data" / "nearmiss.jsonl"
+K = 3  # candidates per lookup, as the answer task asks the index for
+BASELINE = 0.80  # SEMANTIC_THRESHOLD before the second stage
+COSINES = [round(0.70 + 0.025 * i, 3) for i in range(9)]  # 0.70 .. 0.90
+SCORES = [round(0.05 + 0.01 * i, 2) for i in range(95)]  # 0.05 .. 0.99
+CURVE_SCORES = (0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
+FALLBACK_PRECISION = 0.90
+MIN_SUPPORT = 30  # served val pairs an operating or calibration point needs
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much of each set a run takes (None: all); `cost`: lookups timed."""
+
+    val: int | None
+    test: int | None
+    retrieval: int | None
+    cost: int
+
+
+QUICK = Sizes(val=800, test=800, retrieval=200, cost=100)
+FULL = Sizes(val=None, test=None, retrieval=None, cost=500)
+
+
+Row = tuple[str, str, bool, str]  # a, b, same, kind
 
 
 def log(message: str = "") -> None:
@@ -71,307 +82,327 @@ def log(message: str = "") -> None:
 
 @dataclass(frozen=True)
 class Judged:
-    """One pair (or one retrieval) with the stage decisions that do not depend on the
-    threshold: the verifier runs with lower_bound 0 and the sweep applies cosine."""
+    """A set of pairs judged once: cosine, label, the verifier's verdict at score
+    threshold 0 (`ok`: not refused before the score) and its score (1 for identical
+    texts, 0 when refused). Every stage and threshold is read off these."""
 
-    cosine: float
-    same: bool
-    accept: dict[str, bool]
+    cosine: np.ndarray
+    same: np.ndarray
+    ok: np.ndarray
+    score: np.ndarray
+    kind: list[str]
 
+    def served(self, stage: str, t_cos: float, t_score: float = 0.0) -> np.ndarray:
+        above = self.cosine >= t_cos
+        if stage == "cosine":
+            return above
+        if stage == "guards":
+            return above & self.ok
+        return above & self.ok & (self.score >= t_score)
 
-def judge(
-    pairs: Sequence[tuple[str, str, bool]],
-    store: EmbeddingStore,
-    verifiers: dict[str, Verifier],
-    timings: list[float] | None = None,
-) -> list[Judged]:
-    out = []
-    for a, b, same in pairs:
-        cos = store.cosine(a, b)
-        ta, tb = store.tokens[a], store.tokens[b]
-        t0 = time.perf_counter()
-        full = verifiers["verifier"].verify(a, b, cos, ta, tb)
-        if timings is not None:
-            timings.append(time.perf_counter() - t0)
-        accept = {
-            "cosine": True,
-            "guards": verifiers["guards"].verify(a, b, cos).accept,
-            "verifier": full.accept,
-            "verifier_text": verifiers["verifier_text"].verify(a, b, cos).accept,
+    def rates(self, stage: str, t_cos: float, t_score: float = 0.0) -> dict[str, Any]:
+        served = self.served(stage, t_cos, t_score)
+        right, wrong = int((served & self.same).sum()), int((served & ~self.same).sum())
+        pos, neg = int(self.same.sum()), int((~self.same).sum())
+        return {
+            "precision": round(right / (right + wrong), 4) if right + wrong else None,
+            "recall": round(right / pos, 4) if pos else None,
+            "negatives_served": round(wrong / neg, 4) if neg else None,
+            "right": right,
+            "wrong": wrong,
         }
-        out.append(Judged(cos, same, accept))
-    return out
+
+    def per_kind(self, stage: str, t_cos: float, t_score: float = 0.0) -> dict[str, list[int]]:
+        """kind -> [served, pairs] (a kind's pairs are all same or all different)."""
+        served = self.served(stage, t_cos, t_score)
+        kinds = np.array(self.kind)
+        return {
+            k: [int(served[kinds == k].sum()), int((kinds == k).sum())]
+            for k in sorted(set(self.kind))
+        }
 
 
-def counts(judged: Sequence[Judged], stage: str, threshold: float) -> dict[str, Any]:
-    served = [bool(j.cosine >= threshold and j.accept[stage]) for j in judged]
-    right = int(sum(s and j.same for s, j in zip(served, judged, strict=True)))
-    wrong = int(sum(s and not j.same for s, j in zip(served, judged, strict=True)))
-    positives = sum(j.same for j in judged)
-    negatives = len(judged) - positives
+class Judge:
+    """The verifier at score threshold 0 over a memoised pair model; pairs below the
+    lowest cosine of the grid are never judged."""
+
+    def __init__(self, store: EmbeddingStore, pair: PairModel) -> None:
+        self.store, self.pair = store, pair
+        self.memo: dict[tuple[str, str], float | None] = {}
+        self.verifier = Verifier(self.score, score_threshold=0.0)
+
+    def score(self, a: str, b: str) -> float | None:
+        if (a, b) not in self.memo:
+            self.memo[(a, b)] = self.pair.score(a, b)
+        return self.memo[(a, b)]
+
+    def pairs(self, rows: Sequence[Row]) -> Judged:
+        self.store.ensure(t for a, b, _, _ in rows for t in (a, b))
+        cos = np.array([self.store.cosine(a, b) for a, b, _, _ in rows])
+        verdicts = [
+            self.verifier.verify(a, b, c) if c >= COSINES[0] else None
+            for (a, b, _, _), c in zip(rows, cos, strict=True)
+        ]
+        return Judged(
+            cosine=cos,
+            same=np.array([r[2] for r in rows], dtype=bool),
+            ok=np.array([v is not None and v.accept for v in verdicts], dtype=bool),
+            score=np.array([v.score if v is not None else 0.0 for v in verdicts]),
+            kind=[r[3] for r in rows],
+        )
+
+
+def choose_point(val: Judged, target: float) -> tuple[float, float, float]:
+    """(cosine, score, precision goal): the highest val recall at precision >= target among
+    grid points serving >= MIN_SUPPORT pairs; failing that at FALLBACK_PRECISION; failing
+    that, the most precise point (its precision is then the goal returned)."""
+    points = []
+    for c in COSINES:
+        for s in SCORES:
+            r = val.rates("verifier", c, s)
+            if r["right"] + r["wrong"] >= MIN_SUPPORT:
+                points.append((r["recall"], r["precision"], c, s))
+    for goal in (target, FALLBACK_PRECISION):
+        reached = [p for p in points if p[1] >= goal]
+        if reached:
+            return *max(reached)[2:], goal
+    best = max(points, key=lambda p: (p[1], p[0]))
+    return best[2], best[3], best[1]
+
+
+def curves(val: Judged) -> dict[str, Any]:
+    """Val precision/recall per cosine threshold: [P, R] for cosine and guards,
+    [[score threshold, P, R], ...] for the verifier."""
+
+    def pr(stage: str, c: float, s: float = 0.0) -> list[float | None]:
+        r = val.rates(stage, c, s)
+        return [r["precision"], r["recall"]]
+
     return {
-        "right": right,
-        "wrong": wrong,
-        "miss": positives - right,
-        "precision": round(right / (right + wrong), 4) if right + wrong else None,
-        "recall": round(right / positives, 4) if positives else None,
-        "negatives_served": round(wrong / negatives, 4) if negatives else None,
+        "cosine": {f"{c:.3f}": pr("cosine", c) for c in COSINES},
+        "guards": {f"{c:.3f}": pr("guards", c) for c in COSINES},
+        "verifier": {
+            f"{c:.3f}": [[s, *pr("verifier", c, s)] for s in CURVE_SCORES] for c in COSINES
+        },
     }
 
 
-def unbounded(verifier: Verifier) -> Verifier:
-    """`verifier` with no first stage of its own: the sweep applies cosine itself."""
-    verifier.lower_bound = 0.0
-    return verifier
-
-
-def guards_only(verifier: Verifier, verdict: Verdict) -> Verdict:
-    """The verdict as the guards alone give it (the "guards" stage): the model's check
-    left out, a hard guard's veto decides."""
-    if not any(c.name == "verifier" for c in verdict.checks):
-        return verdict  # decided before the model: the first stage, identical texts
-    checks = tuple(c for c in verdict.checks if c.name != "verifier")
-    return replace(verdict, accept=not verifier._vetoed(checks), checks=checks)
-
-
-class MemoVerifier(Verifier):
-    """verify() memoised per (query, candidate): the sweep calls choose() once per
-    threshold, and with no lower bound a verdict does not depend on the threshold.
-    `guards`: the guards stage (see guards_only)."""
-
-    def __init__(self, weights: Path | None, guards: bool = False) -> None:
-        super().__init__(weights)
-        unbounded(self)
-        self.guards = guards
-        self._memo: dict[tuple[str, str, bool], Verdict] = {}
-
-    def verify(
-        self,
-        query: str,
-        candidate: str,
-        similarity: float,
-        query_tokens: TokenVectors | None = None,
-        candidate_tokens: TokenVectors | None = None,
-    ) -> Verdict:
-        key = (query, candidate, query_tokens is not None and candidate_tokens is not None)
-        if key not in self._memo:
-            verdict = super().verify(query, candidate, similarity, query_tokens, candidate_tokens)
-            self._memo[key] = guards_only(self, verdict) if self.guards else verdict
-        return self._memo[key]
-
-
-def make_verifiers(weights: Path | None) -> dict[str, Verifier]:
-    return {
-        "guards": MemoVerifier(weights, guards=True),
-        "verifier": MemoVerifier(weights),
-        "verifier_text": MemoVerifier(weights),
-    }
+def calibration(val: Judged, t_cos: float) -> dict[str, Any]:
+    """error[i]: share of wrong pairs among the val pairs with cosine >= t_cos that the
+    verifier accepts at thresholds[i], replaced by the max over higher thresholds so that it
+    never increases with the threshold (cache/audit.py's Calibration). Thresholds that
+    accept fewer than MIN_SUPPORT pairs are left out: their error is noise."""
+    thresholds, raw = [], []
+    for s in SCORES:
+        served = val.served("verifier", t_cos, s)
+        if served.sum() >= MIN_SUPPORT:
+            thresholds.append(s)
+            raw.append(float((served & ~val.same).sum() / served.sum()))
+    error = [round(max(raw[i:]), 4) for i in range(len(raw))]
+    return {"cosine": t_cos, "thresholds": thresholds, "error": error}
 
 
 def retrieval(
-    store: EmbeddingStore, verifiers_of: Any, thresholds: Sequence[float] = THRESHOLDS
-) -> dict[str, dict[float, list[str]]]:
-    """Outcome of every query per stage and threshold: "right", "wrong", "wrong_dup"
-    (a wrong entry that states the same as the query's own) or "miss".
-    `verifiers_of(origin)` gives the verifier set that judges the query of `origin`."""
-    pairs = load_shared()
-    origins = list(dict.fromkeys(o for o, _ in pairs))
-    matrix = np.stack([store.sent[o] for o in origins])
-    out: dict[str, dict[float, list[str]]] = {s: {t: [] for t in thresholds} for s in
-                                              RETRIEVAL_STAGES}  # fmt: skip
-    dup_memo: dict[tuple[str, str], bool] = {}
-
-    def outcome(served: str | None, truth: str, vs: dict[str, Verifier]) -> str:
-        if served is None:
-            return "miss"
-        if normalise(served) == normalise(truth):
-            return "right"
-        key = (served, truth)
-        if key not in dup_memo:
-            cos = store.cosine(served, truth)
-            dup_memo[key] = (
-                cos >= 0.9
-                and vs["verifier"]
-                .verify(truth, served, cos, store.tokens[truth], store.tokens[served])
-                .accept
-            )
-        return "wrong_dup" if dup_memo[key] else "wrong"
-
+    judge: Judge, pairs: Sequence[tuple[str, str]], stage: str, t_cos: float, t_score: float
+) -> dict[str, float]:
+    """Share of paraphrase queries served their own entry (right), another (wrong), none."""
+    origins = list({normalise(o): o for o, _ in load_shared()}.values())
+    matrix = np.stack([judge.store.sent[o] for o in origins])
+    outcome = {"right": 0, "wrong": 0, "miss": 0}
     for truth, query in pairs:
-        vs = verifiers_of(truth)
+        sims = matrix @ judge.store.sent[query]
+        options = [Option(origins[i], float(sims[i])) for i in np.argsort(-sims)[:K]]
+        if stage == "cosine":
+            picked = options[0].text if options[0].similarity >= t_cos else None
+        else:
+            bound = 0.0 if stage == "guards" else t_score
+            chosen = judge.verifier.choose(query, options, threshold=t_cos, score_threshold=bound)
+            picked = chosen[0].text if chosen else None
+        if picked is None:
+            outcome["miss"] += 1
+        else:
+            outcome["right" if normalise(picked) == normalise(truth) else "wrong"] += 1
+    return {k: round(v / len(pairs), 4) for k, v in outcome.items()}
+
+
+def cost(
+    store: EmbeddingStore, pair: PairModel, texts: list[str], t_cos: float, t_score: float, n: int
+) -> dict[str, Any]:
+    """ms per `Verifier.choose` (guards + pair model on every candidate it judges) over
+    lookups of QQP val questions into an index of the others, for lookups with a candidate
+    >= t_cos. The text-analysis caches are cleared first: nothing is warm."""
+    calls = 0
+
+    def scorer(a: str, b: str) -> float | None:
+        nonlocal calls
+        calls += 1
+        return pair.score(a, b)
+
+    verifier = Verifier(scorer, score_threshold=t_score)
+    matrix = np.stack([store.sent[t] for t in texts])
+    times = []
+    for query in random.Random(1).sample(texts, len(texts)):
         sims = matrix @ store.sent[query]
-        top = [int(i) for i in np.argsort(-sims)[:K]]
-        qt = store.tokens[query]
-        for t in thresholds:
-            nearest = origins[top[0]] if sims[top[0]] >= t else None
-            out["cosine"][t].append(outcome(nearest, truth, vs))
-            first = next(
-                (
-                    origins[i]
-                    for i in top
-                    if sims[i] >= t
-                    and vs["verifier"]
-                    .verify(query, origins[i], float(sims[i]), qt, store.tokens[origins[i]])
-                    .accept
-                ),
-                None,
-            )
-            out["verifier_first"][t].append(outcome(first, truth, vs))
-            for stage, with_tokens in (
-                ("guards", False),
-                ("verifier", True),
-                ("verifier_text", False),
-            ):
-                options = [Option(origins[i], float(sims[i]),
-                                  store.tokens[origins[i]] if with_tokens else None)
-                           for i in top]  # fmt: skip
-                picked = vs[stage].choose(query, qt if with_tokens else None, options,
-                                          threshold=t)  # fmt: skip
-                out[stage][t].append(outcome(picked[0].text if picked else None, truth, vs))
+        top = [int(i) for i in np.argsort(-sims)[: K + 1] if texts[i] != query][:K]
+        if sims[top[0]] < t_cos:
+            continue
+        for cached in (analyse, comparable, foreign):
+            cached.cache_clear()
+        started = time.perf_counter()
+        verifier.choose(query, [Option(texts[i], float(sims[i])) for i in top], threshold=t_cos)
+        times.append((time.perf_counter() - started) * 1000)
+        if len(times) >= n:
+            break
+    return {
+        "lookups": len(times),
+        "p50_ms": round(float(np.percentile(times, 50)), 2),
+        "p99_ms": round(float(np.percentile(times, 99)), 2),
+        "pair_model_calls_per_lookup": round(calls / len(times), 2),
+    }
+
+
+def calibrate(model_dir: Path, point: dict[str, Any], calib: dict[str, Any]) -> None:
+    """Read-modify-write of the manifest; number lists kept on one line."""
+    path = model_dir / "pair-model.json"
+    manifest = json.loads(path.read_text())
+    manifest |= {"operating_point": point, "calibration": calib}
+    text = json.dumps(manifest, indent=2)
+    text = re.sub(r"\[\s+([-0-9.,\s]+?)\s+\]", lambda m: f"[{' '.join(m[1].split())}]", text)
+    path.write_text(text + "\n")
+    log(f"wrote the operating point and calibration into {path}")
+
+
+def report(sets: dict[str, Judged], stage: str, t_cos: float, t_score: float) -> dict[str, Any]:
+    out: dict[str, Any] = {name: js.rates(stage, t_cos, t_score) for name, js in sets.items()}
+    for name in ("nearmiss_tune", "nearmiss_holdout"):
+        out[name]["per_kind"] = sets[name].per_kind(stage, t_cos, t_score)
     return out
-
-
-def retrieval_counts(outcomes: Sequence[str]) -> dict[str, float]:
-    n = len(outcomes)
-    right = outcomes.count("right")
-    wrong = outcomes.count("wrong") + outcomes.count("wrong_dup")
-    return {
-        "right": round(right / n, 4),
-        "wrong": round(wrong / n, 4),
-        "wrong_distinct": round(outcomes.count("wrong") / n, 4),
-        "miss": round((n - right - wrong) / n, 4),
-    }
-
-
-def operating_point(sets: dict[str, list[Judged]], stage: str, target: float) -> float | None:
-    pooled = [j for name, js in sets.items() if any(not j.same for j in js) for j in js]
-    for t in THRESHOLDS:
-        p = counts(pooled, stage, t)["precision"]
-        if p is not None and p >= target:
-            return t
-    return None
-
-
-def time_verifier(store: EmbeddingStore, verifier: Verifier, pairs: Sequence[tuple[str, str]]):
-    """Cost of the second stage per candidate (guards + alignment + model), token
-    vectors given. Cold: the per-text analysis cache cleared before every call (a
-    never-seen query and candidate); warm: the candidate's analysis cached, as for
-    entries that were checked before."""
-    cold, warm = [], []
-    for a, b in pairs:
-        ta, tb = store.tokens[a], store.tokens[b]
-        cos = store.cosine(a, b)
-        analyse.cache_clear()
-        t0 = time.perf_counter()
-        verifier.verify(a, b, cos, ta, tb)
-        cold.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        verifier.verify(a, b, cos, ta, tb)
-        warm.append(time.perf_counter() - t0)
-
-    def pct(xs: list[float], q: float) -> float:
-        return round(float(np.percentile(xs, q)) * 1000, 3)
-
-    return {
-        "calls": len(pairs),
-        "cold_ms": {"p50": pct(cold, 50), "p95": pct(cold, 95)},
-        "warm_ms": {"p50": pct(warm, 50), "p95": pct(warm, 95)},
-        "mean_words": round(statistics.mean(len(a.split()) for a, _ in pairs), 1),
-    }
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("files", nargs="*", type=Path, help="extra {a, b, same} JSON/JSONL")
-    parser.add_argument("--target-precision", type=float, default=0.97)
-    parser.add_argument("--weights", type=Path, default=None, help="verifier JSON")
-    parser.add_argument(
-        "--fold-weights", type=Path, default=None, help="dir of fold-<f>.json: held-out shared"
-    )
-    parser.add_argument("--no-timing", action="store_true")
-    args = parser.parse_args(argv)
-
-    verifiers = make_verifiers(args.weights)
-    by_fold: dict[int, dict[str, Verifier]] = {}
-    if args.fold_weights is not None:
-        for path in sorted(args.fold_weights.glob("fold-*.json")):
-            by_fold[int(path.stem.split("-")[1])] = make_verifiers(path)
-        if not by_fold:
-            parser.error(f"no fold-<f>.json in {args.fold_weights}")
-
-    def verifiers_of(origin: str) -> dict[str, Verifier]:
-        return by_fold[fold_of(origin, len(by_fold))] if by_fold else verifiers
-
-    sources: dict[str, list[tuple[str, str, bool]]] = {
-        "shared": [(o, s, True) for o, s in load_shared(SHARED_PAIRS)],
-        "traps": [(r["a"], r["b"], bool(r["same"])) for r in load_labelled(TRAPS)],
-    }
-    for path in args.files:
-        sources[path.stem] = [(r["a"], r["b"], bool(r["same"])) for r in load_labelled(path)]
-    store = EmbeddingStore()
-    store.ensure(t for pairs in sources.values() for a, b, _ in pairs for t in (a, b))
-
-    sets = {
-        name: [judge([p], store, verifiers_of(p[0]))[0] for p in pairs]
-        if name == "shared"
-        else judge(pairs, store, verifiers)
-        for name, pairs in sources.items()
-    }
-    ret = retrieval(store, verifiers_of)
-
-    sweep = []
-    header = " ".join(f"{n:>34s}" for n in sets)
-    log(f"{'stage':14s} {'thr':>5s} {header}  retrieval right/wrong(distinct)/miss")
-    for stage in (*STAGES, "verifier_first"):
-        for t in THRESHOLDS:
-            row: dict[str, Any] = {"stage": stage, "threshold": t}
-            cells = []
-            for name, js in sets.items():
-                if stage not in STAGES:
-                    cells.append("")
-                    continue
-                c = counts(js, stage, t)
-                row[name] = c
-                cells.append(f"R{c['right']:4d} W{c['wrong']:4d} M{c['miss']:4d} "
-                             f"P{_f(c['precision'])} R{_f(c['recall'])}")  # fmt: skip
-            r = retrieval_counts(ret[stage][t])
-            row["retrieval"] = r
-            cells.append(f"{r['right']:.3f}/{r['wrong']:.3f}({r['wrong_distinct']:.3f})"
-                         f"/{r['miss']:.3f}")  # fmt: skip
-            sweep.append(row)
-            log(f"{stage:14s} {t:5.2f} " + " ".join(f"{c:>34s}" for c in cells))
-        log()
-
-    chosen = {}
-    for stage in STAGES:
-        t = operating_point(sets, stage, args.target_precision)
-        chosen[stage] = {
-            "threshold": t,
-            **({name: counts(js, stage, t) for name, js in sets.items()} if t else {}),
-            "retrieval": retrieval_counts(ret[stage][t]) if t else None,
-        }
-        log(f"operating point {stage}: threshold {t} -> {json.dumps(chosen[stage])}")
-
-    summary: dict[str, Any] = {
-        "target_precision": args.target_precision,
-        "weights": str(args.weights or DEFAULT_WEIGHTS),
-        "fold_weights": str(args.fold_weights) if args.fold_weights else None,
-        "lower_bound": Verifier(args.weights).lower_bound,
-        "operating_points": chosen,
-        "sweep": sweep,
-    }
-    if not args.no_timing:
-        plain = unbounded(Verifier(args.weights))  # not memoised
-        timing = time_verifier(store, plain, [(a, b) for a, b, _ in sources["traps"]])
-        timing_long = time_verifier(store, plain, [(s, o) for o, s, _ in sources["shared"][:300]])
-        log(f"second stage cost per candidate: questions {timing}, statements {timing_long}")
-        summary["verify_cost"] = {"questions": timing, "statements": timing_long}
-    print(json.dumps(summary))
 
 
 def _f(x: float | None) -> str:
     return "  -  " if x is None else f"{x:.3f}"
 
 
+def table(name: str, rows: dict[str, Any]) -> None:
+    log(f"{name}:")
+    for set_name, r in rows.items():
+        if set_name == "retrieval":
+            cells = f"right {r['right']:.3f}  wrong {r['wrong']:.3f}  miss {r['miss']:.3f}"
+        else:
+            cells = (
+                f"P {_f(r['precision'])}  R {_f(r['recall'])}  "
+                f"negatives served {_f(r['negatives_served'])}  "
+                f"(right {r['right']}, wrong {r['wrong']})"
+            )
+        log(f"  {set_name:18s} {cells}")
+
+
+def floors(at: dict[str, Any], lookup: dict[str, Any]) -> dict[str, bool]:
+    val, traps = at["qqp_val"], at["traps"]
+    nearmiss = max(at[n]["negatives_served"] for n in ("nearmiss_tune", "nearmiss_holdout"))
+    return {
+        "val_precision>=0.90_at_recall>=0.50": (val["precision"] or 0.0) >= 0.90
+        and val["recall"] >= 0.50,
+        "traps_served<=2%_at_recall>=0.85": traps["negatives_served"] <= 0.02
+        and traps["recall"] >= 0.85,
+        "nearmiss_served<=3%": nearmiss <= 0.03,
+        "second_stage_p50<=8ms": lookup["p50_ms"] <= 8.0,
+    }
+
+
+def load_rows(size: Sizes) -> tuple[dict[str, list[Row]], list[qqp.Pair]]:
+    """The labelled sets by name, and the QQP val pairs they hold."""
+    split = qqp.by_split(qqp.load())
+
+    def sample(pairs: list[qqp.Pair], n: int | None) -> list[qqp.Pair]:
+        return pairs if n is None else random.Random(0).sample(pairs, min(n, len(pairs)))
+
+    val, test = sample(split["val"], size.val), sample(split["test"], size.test)
+    nearmiss = load_labelled(NEARMISS)
+
+    def labelled(records: list[dict[str, Any]]) -> list[Row]:
+        return [(r["a"], r["b"], bool(r["same"]), r["kind"]) for r in records]
+
+    return {
+        "qqp_val": [(p.a, p.b, p.same, p.kind) for p in val],
+        "qqp_test": [(p.a, p.b, p.same, p.kind) for p in test],
+        "traps": labelled(load_labelled(TRAPS)),
+        "nearmiss_tune": labelled([r for r in nearmiss if r["split"] == "tune"]),
+        "nearmiss_holdout": labelled([r for r in nearmiss if r["split"] == "holdout"]),
+    }, val
+
+
+def show_curves(curve: dict[str, Any]) -> None:
+    head = " ".join(f"s>={s:<11}" for s in CURVE_SCORES)
+    log(f"QQP val P/R   {'cosine':12s} {'guards':12s} verifier at {head}")
+    for c, points in curve["verifier"].items():
+        cells = [curve["cosine"][c], curve["guards"][c], *([p, r] for _, p, r in points)]
+        log(f"cosine {c}  " + " ".join(f"{_f(p)}/{_f(r)}" for p, r in cells))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--target-precision", type=float, default=0.95)
+    parser.add_argument("--quick", action="store_true", help="subsample QQP and retrieval")
+    parser.add_argument("--calibrate", action="store_true", help="write into the manifest")
+    parser.add_argument("--model-dir", type=Path, default=MODEL_DIR, help="the pair model")
+    args = parser.parse_args(argv)
+    if args.quick and args.calibrate:
+        parser.error("--calibrate needs the full val split, not --quick")
+    size = QUICK if args.quick else FULL
+    started = time.process_time()
+
+    rows, val = load_rows(size)
+    shared = load_shared()[: size.retrieval]
+    store, pair = EmbeddingStore(), PairModel(args.model_dir)
+    judge = Judge(store, pair)
+    store.ensure(t for p in load_shared() for t in p)
+    sets = {name: judge.pairs(r) for name, r in rows.items()}
+    log(f"judged {sum(len(r) for r in rows.values())} pairs, {len(judge.memo)} pair-model scores")
+
+    curve = curves(sets["qqp_val"])
+    show_curves(curve)
+    t_cos, t_score, goal = choose_point(sets["qqp_val"], args.target_precision)
+    if goal != args.target_precision:
+        log(f"precision {args.target_precision} out of reach on val: fell back to {goal}")
+    log(f"operating point: cosine {t_cos}, score {t_score}")
+    point = {"cosine": t_cos, "score": t_score, "target_precision": goal}
+    baseline = report(sets, "cosine", BASELINE, 0.0)
+    baseline["retrieval"] = retrieval(judge, shared, "cosine", BASELINE, 0.0)
+    table(f"baseline: cosine {BASELINE}, no second stage", baseline)
+    chosen = {}
+    for stage in ("cosine", "guards", "verifier"):
+        chosen[stage] = report(sets, stage, t_cos, t_score)
+        chosen[stage]["retrieval"] = retrieval(judge, shared, stage, t_cos, t_score)
+        extra = f", score {t_score}" if stage == "verifier" else ""
+        table(f"{stage} at cosine {t_cos}{extra}", chosen[stage])
+
+    texts = list(dict.fromkeys(t for p in val for t in (p.a, p.b)))
+    lookup = cost(store, pair, texts, t_cos, t_score, size.cost)
+    log(f"second stage per lookup: {lookup}")
+    calib = calibration(sets["qqp_val"], t_cos)
+    passed = floors(chosen["verifier"], lookup)
+    log(f"floors: {passed}")
+    if args.calibrate:
+        calibrate(args.model_dir, point, calib)
+    summary = {
+        "quick": args.quick,
+        "pair_model": f"{pair.name} ({pair.manifest.get('checkpoint', '?')})",
+        "sizes": {name: len(r) for name, r in rows.items()} | {"retrieval": len(shared)},
+        "target_precision": args.target_precision,
+        "fell_back": goal != args.target_precision,
+        "operating_point": point,
+        "at_operating_point": chosen,
+        "baseline_cosine_0.80": baseline,
+        "second_stage_cost": lookup,
+        "floors": passed,
+        "val_curves": curve,
+        "calibration": calib,
+        "cpu_seconds": round(time.process_time() - started, 1),
+    }
+    print(json.dumps(summary, separators=(",", ":")))
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

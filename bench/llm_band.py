@@ -3,11 +3,13 @@
     python -m bench.llm_band [--band 0.0] [--shared 300] [--threads 1]
 
 Runs the labelled pairs (bench/data/traps.jsonl and the first --shared pairs of the shared
-paraphrase set) through the serving embedder and verifier at the default threshold. The
-pairs the verifier refuses by its score alone with a score >= --band ("doubtful", what
-the band would ask about) go to the LLM as the band's yes/no question (`same_question`,
-as tasks/flow.py sends it). The LLM is the embedded SmolLM2-135M (the only model that
-runs here); Ollama with a real model would be asked the same.
+paraphrase set) through the serving embedder and verifier at the pair model's operating
+point (inference/models/pair-model.json, written by `bench.accuracy --calibrate`; cosine
+0.8 and score 0.5 without one). The pairs the verifier refuses by its score alone with a
+score >= --band ("doubtful", what the band would ask about) go to the LLM as the band's
+yes/no question (`same_question`, as tasks/flow.py sends it). The LLM is the embedded
+SmolLM2-135M (the only model that runs here); Ollama with a real model would be asked
+the same.
 
 Reports, on stdout as JSON: how many pairs are doubtful, how the LLM answered for pairs
 that are / are not the same question, the traps served and the paraphrase recall with
@@ -24,14 +26,14 @@ import sys
 import time
 from pathlib import Path
 
-from bench.build_pairs import load_labelled, load_shared
+from bench.build_pairs import EmbeddingStore, load_labelled, load_shared
 from cache.verify import Verifier, said_yes, same_question
 from inference.embedded import DEFAULT_MODEL_NAME, EmbeddedLLM
-from inference.embeddings import load_embedder
+from inference.pair_model import PairModel
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAPS = ROOT / "bench" / "data" / "traps.jsonl"
-THRESHOLD = 0.8  # SEMANTIC_THRESHOLD's default
+DEFAULT_POINT = {"cosine": 0.8, "score": 0.5}  # without an operating point in the manifest
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,18 +44,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-predict", type=int, default=128, help="full answer (128)")
     args = parser.parse_args(argv)
 
-    embedder, verifier = load_embedder(num_threads=1), Verifier()
+    pair = PairModel()
+    point = pair.manifest.get("operating_point", DEFAULT_POINT)
+    threshold = float(point["cosine"])
+    verifier = Verifier(pair.score, score_threshold=float(point["score"]))
     pairs = [(p["a"], p["b"], bool(p["same"])) for p in load_labelled(TRAPS)]
     pairs += [(o, s, True) for o, s in load_shared()[: args.shared]]
+    store = EmbeddingStore()
+    store.ensure(t for a, b, _ in pairs for t in (a, b))
     rows = []
     for a, b, same in pairs:
-        va, ta, tva = embedder.embed_with_tokens(a)
-        vb, tb, tvb = embedder.embed_with_tokens(b)
-        cosine = float(va @ vb)
-        if cosine < THRESHOLD:
+        cosine = store.cosine(a, b)
+        if cosine < threshold:
             rows.append((same, False, False))
             continue
-        verdict = verifier.verify(a, b, cosine, (ta, tva), (tb, tvb))
+        verdict = verifier.verify(a, b, cosine)
         rows.append((same, verdict.accept, verifier.doubtful(verdict, args.band)))
     print(f"{sum(d for *_, d in rows)} doubtful of {len(rows)} pairs", file=sys.stderr)
 
@@ -92,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "llm": DEFAULT_MODEL_NAME,
         "band_from_score": args.band,
-        "threshold": THRESHOLD,
+        "threshold": threshold,
+        "score_threshold": verifier.score_threshold,
         "pairs": {"same": sum(s for s, *_ in rows), "different": sum(not s for s, *_ in rows)},
         "doubtful": {"same": asked[True], "different": asked[False]},
         "llm_said_yes": {"same": yes[True], "different": yes[False]},
