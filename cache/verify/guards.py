@@ -54,7 +54,7 @@ def guard_numbers(a: str, b: str) -> Check:
     level = 2 if only_a and only_b else 1 if only_a or only_b else 0
     detail = f"{sorted(only_a)} vs {sorted(only_b)}" if level else ""
     if level < 2:
-        clash = _quantity_clash(ta.quantities, tb.quantities)
+        clash = _quantity_clash(ta.quantities, tb.quantities) or _counted_clash(ta, tb)
         if clash:
             level, detail = 2, clash
     return Check("numbers", level == 0, detail, level=level)
@@ -77,6 +77,15 @@ def _quantity_clash(qa: tuple[str, ...], qb: tuple[str, ...]) -> str:
         mine, theirs = (units_a, units_b) if q in units_a else (units_b, units_a)
         if any(o.split(" ")[0] == value for o in theirs - mine):
             return f"{list(qa)} vs {list(qb)}"
+    return ""
+
+
+def _counted_clash(ta: Text, tb: Text) -> str:
+    """The same thing counted differently on the two sides: "2 eggs and 3 cups" vs "3 eggs
+    and 2 cups" (the same numbers, swapped)."""
+    for noun in ta.counted.keys() & tb.counted.keys():
+        if ta.counted[noun] != tb.counted[noun]:
+            return f"{noun}: {'/'.join(ta.counted[noun])} vs {'/'.join(tb.counted[noun])}"
     return ""
 
 

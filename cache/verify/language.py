@@ -9,9 +9,11 @@ case, spacing and fillers (text.comparable); otherwise exact hits only.
 
 - script: more than a fifth of its letters are outside the Latin script (Cyrillic, Han,
   Kana, Hangul, Arabic, Greek, Devanagari, ...);
-- language: it uses more function words of German, French, Spanish, Italian, Portuguese or
-  Dutch than of English (data/function_words.json; words English shares, like "die" or
-  "also", count for English only), and at least two of them.
+- language: it uses at least as many function words of German, French, Spanish, Italian,
+  Portuguese or Dutch as of English, and at least two of them (data/function_words.json;
+  words English shares, like "die" or "also", count for English only); or one of them and
+  no English function word; or accented words and no English function word ("Router
+  zurücksetzen?"). A tie refuses: a lost hit costs one LLM call, a wrong one a wrong answer.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ def foreign(text: str) -> str | None:
     english = sum(w in ENGLISH_WORDS for w in words)
     for lang, vocabulary in FOREIGN_WORDS.items():
         hits = sum(w in vocabulary for w in words)
-        if hits >= 2 and hits > english:
+        if (hits >= 2 and hits >= english) or (hits and not english):
             return f"not English ({lang})"
+    if not english and any(not w.isascii() for w in words):
+        return "not English (accented words and no English function word)"
     return None

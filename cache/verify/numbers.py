@@ -17,7 +17,7 @@ from cache.verify.lexicon import (
     TENS,
     UNITS,
 )
-from cache.verify.words import Word
+from cache.verify.words import Word, stem
 
 _NUMERIC = re.compile(r"^(\d+(?:\.\d+)*)([a-z]*)$")
 
@@ -112,6 +112,19 @@ def find_quantities(words: Sequence[Word]) -> tuple[str, ...]:
         out.append(f"{value} {unit}".strip())
         i += used
     return tuple(sorted(out))
+
+
+def counted(words: Sequence[Word]) -> dict[str, tuple[str, ...]]:
+    """What each number counts: the word right after it -> its numbers, sorted. "2 eggs and
+    3 cups" -> {"egg": ("2",), "cup": ("3",)}; swapped numbers are another recipe."""
+    out: dict[str, list[str]] = {}
+    i = 0
+    while i < len(words):
+        value, used = _number_value(words, i) if words[i].low not in ORDINALS else (None, 1)
+        if value is not None and i + used < len(words) and words[i + used].low.isalpha():
+            out.setdefault(stem(words[i + used].low), []).append(value)
+        i += used
+    return {noun: tuple(sorted(values)) for noun, values in out.items()}
 
 
 _PREFIX_MEASURES = frozenset("$ € £ ¥ ₹".split())

@@ -29,7 +29,7 @@ from cache.verify.lexicon import (
     TIME_UNITS,
     UNITS,
 )
-from cache.verify.numbers import find_numbers, find_quantities
+from cache.verify.numbers import counted, find_numbers, find_quantities
 from cache.verify.words import Word, is_content_word, stem, tokenise
 
 
@@ -46,6 +46,7 @@ class Text:
     negations: tuple[str, ...]
     numbers: frozenset[str]
     quantities: tuple[str, ...]  # every number with its unit, a sorted multiset
+    counted: Mapping[str, tuple[str, ...]]  # what each number counts (numbers.counted)
     bare_one: bool  # the only "1" came from a bare "one" ("one sender" = "a sender")
     entities: tuple[str, ...]
     acronyms: Mapping[str, frozenset[str]]  # "us" -> {"united", "states"}
@@ -54,6 +55,10 @@ class Text:
     skeleton: tuple[str, ...]  # the non-content words, sorted
     poles: Mapping[str, tuple[bool, bool]]
     flows: frozenset[tuple[str, str, str]]  # (kind, source stem, target stem)
+
+
+# "un-safe", "un-install": a negation; a lone "un" is not (the UN).
+_HYPHENATED_UN = re.compile(r"(?<![\w-])un-(?=[^\W\d_])")
 
 
 @lru_cache(maxsize=8192)
@@ -71,9 +76,11 @@ def analyse(text: str) -> Text:
         stems=frozenset(stem(w) for w in lowset),
         prefixes=_prefixes(frozenset(lows)),
         content=tuple(stem(w) for w in lows if is_content_word(w)),
-        negations=tuple(w for w in lows if w in NEGATIONS or w.endswith("n't")),
+        negations=tuple(w for w in lows if w in NEGATIONS or w.endswith("n't"))
+        + tuple("un-" for _ in _HYPHENATED_UN.finditer(text.casefold())),
         numbers=numbers,
         quantities=find_quantities(words),
+        counted=counted(words),
         bare_one=bare_one,
         entities=_entities(words),
         acronyms=_acronyms(words),
@@ -219,7 +226,9 @@ _ANYWHERE = re.compile(rf"\b(?:{'|'.join(sorted(ANYWHERE_FILLERS))})\b[\s,]*", r
 # Emoji and pictographs, which carry tone, not the question.
 _EMOJI = re.compile("[\U0001f000-\U0001faff\u2600-\u27bf\ufe0f]")
 # Punctuation that does not change a question; symbols (+ - * / < > = % $ € ...) stay.
-_SOFT_PUNCT = re.compile(r"[\s.,;:!?¿¡…\"“”‘’'()\[\]{}—–]+")
+# Brackets stay ("2 * (3 + 4)"), "!" stays in "!=" and after a digit or ")" (factorial),
+# an apostrophe before "(" stays (f'(x)).
+_SOFT_PUNCT = re.compile(r"(?:[\s.,;:?¿¡…\"“”‘’—–]|(?<![\d)])!(?!=)|'(?!\())+")
 
 
 @lru_cache(maxsize=8192)
