@@ -36,6 +36,7 @@ from webapp.call import (
     with_header_mode,
 )
 from webapp.errors import ApiError, BadRequest
+from webapp.schemas import option_problem
 from webapp.services import services
 from webapp.streaming import Event
 
@@ -141,13 +142,18 @@ def _options(body: dict[str, Any]) -> dict[str, Any]:
         kind = int if name in _INTEGERS else (int, float)
         if isinstance(value, bool) or not isinstance(value, kind):
             raise _BadParam(f"'{name}' must be {'an integer' if kind is int else 'a number'}", name)
-        options[_RENAMED.get(name, name)] = value
+        option = _RENAMED.get(name, name)
+        if problem := option_problem(option, value):
+            raise _BadParam(f"'{name}' {problem}", name)
+        options[option] = value
     stop = body.get("stop")
     if isinstance(stop, str):
         stop = [stop]
     if stop is not None:
         if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
             raise _BadParam("'stop' must be a string or a list of strings", "stop")
+        if problem := option_problem("stop", stop):
+            raise _BadParam(f"'stop' {problem}", "stop")
         options["stop"] = stop
     return options
 
