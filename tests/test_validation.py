@@ -305,6 +305,16 @@ OPENAI_PARAMS = [
     ({"seed": 1.5}, "seed", "'seed' must be an integer"),
     ({"max_tokens": -5}, "max_tokens", "'max_tokens' must be an integer from -2"),
     ({"stop": ["x"] * 17}, "stop", "'stop' must be at most 16 strings"),
+    (
+        {"messages": [{"role": "user", "content": [{"type": {"a": 1}}]}]},
+        "messages[0].content",
+        "only text content parts",
+    ),
+    (
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": [1]}]}]},
+        "messages[0].content",
+        "a text part's 'text' must be a string",
+    ),
 ]
 
 

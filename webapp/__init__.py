@@ -20,6 +20,7 @@ from webapp import (
     errors,
     fastpath,
     feedback,
+    openapi,
     ops,
     security,
     services,
@@ -48,6 +49,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(compat_ollama.bp)
     app.register_blueprint(embed.bp)
     app.register_blueprint(ops.bp)
+    app.register_blueprint(openapi.bp)
     app.register_blueprint(ui.bp)
     fastpath.init_app(app)
     bodies.init_app(app)  # last: its middleware wraps the fast path too

@@ -124,11 +124,14 @@ def _message(i: int, message: Any) -> Any:
         return message  # ChatRequest.parse refuses it
     role, content = message.get("role"), message.get("content")
     if isinstance(content, list):  # content parts: only text can be cached and answered
-        kinds = {p.get("type") if isinstance(p, dict) else None for p in content} - {"text"}
-        if kinds:
+        text = all(isinstance(p, dict) and p.get("type") == "text" for p in content)
+        if not text:
             raise _BadParam(f"messages[{i}]: only text content parts are supported",
                        f"messages[{i}].content")  # fmt: skip
-        content = "\n".join(str(p.get("text", "")) for p in content)
+        if not all(isinstance(p.get("text"), str) for p in content):
+            raise _BadParam(f"messages[{i}]: a text part's 'text' must be a string",
+                            f"messages[{i}].content")  # fmt: skip
+        content = "\n".join(p["text"] for p in content)
     # "developer" is OpenAI's newer name for the system message.
     return {"role": "system" if role == "developer" else role, "content": content}
 
