@@ -6,6 +6,7 @@ OpenAI's parameters and the URL."""
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import auth
+from tests.conftest import auth, create_user
 
 LONG = "x" * 2001  # MAX_PROMPT_CHARS is 2000 in the test stack
 MODEL = "llama3.2:1b"
@@ -349,3 +350,17 @@ def test_nul_in_the_url_is_400(stack, path):
         if "?" in path
         else "the URL contains a NUL character (%00)",
     }
+
+
+@pytest.fixture(scope="module")
+def admin(stack, stack_env) -> str:
+    return create_user(stack_env, f"admin-{uuid.uuid4().hex[:8]}", admin=True)
+
+
+@pytest.mark.parametrize("age", [1e308, 10**30, 290_753_400_686.0, -1, "old"])
+def test_invalidating_by_an_age_past_the_calendar_is_400(stack, admin, age):
+    """now() minus more than PostgreSQL's calendar holds was a 500 (found by the fuzzer)."""
+    resp = requests.post(f"{stack.url}/api/v1/entries/invalidate", json={"older_than_s": age},
+                         headers=auth(admin), timeout=10)  # fmt: skip
+    assert resp.status_code == 400, resp.text
+    assert "'older_than_s' must be a number of seconds from 0 to" in resp.json()["error"]["message"]

@@ -14,6 +14,7 @@ from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
 from webapp.embed import MAX_TEXTS
+from webapp.entries import MAX_AGE_S
 from webapp.schemas import CACHE_MODES, MAX_TTL_S, OPTIONS, ROLES, SCOPES
 
 bp = Blueprint("openapi", __name__)
@@ -228,7 +229,9 @@ SCHEMAS: dict[str, Schema] = {
         ("model", "prompt"),
     ),  # fmt: skip
     "Feedback": _obj({"id": _STR, "good": _BOOL}, ("id", "good")),
-    "Invalidate": _obj({"model": _STR, "older_than_s": {"type": "number", "minimum": 0}}),
+    "Invalidate": _obj(
+        {"model": _STR, "older_than_s": {"type": "number", "minimum": 0, "maximum": MAX_AGE_S}}
+    ),
     "KeyRequest": _obj({"name": {"type": "string", "minLength": 1, "maxLength": 64}}),
 }
 
