@@ -157,6 +157,18 @@ MALFORMED: dict[str, tuple[Callable[[Surface], bytes], int, str | None, str]] = 
         "invalid_json",
         "a key at \\udc00 contains a lone surrogate",
     ),
+    "lone-surrogate-raw-utf8-bytes": (  # json.loads decodes bytes with "surrogatepass"
+        lambda s: json.dumps(s.body("hi XX")).encode().replace(b"XX", b"\xed\xa0\x80"),
+        400,
+        "invalid_json",
+        "lone surrogate (U+D800)",
+    ),
+    "lone-surrogate-in-utf16": (  # json.loads detects UTF-16 too
+        lambda s: json.dumps(s.body("hi \ud800")).encode("utf-16-le"),
+        400,
+        "invalid_json",
+        "lone surrogate (U+D800)",
+    ),
     "nul": (
         lambda s: json.dumps(s.body("hi\x00there")).encode(),
         400,
