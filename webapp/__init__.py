@@ -10,6 +10,7 @@ from settings import Settings
 from webapp import (
     api,
     auth,
+    bodies,
     compat_ollama,
     compat_openai,
     config,
@@ -19,6 +20,7 @@ from webapp import (
     errors,
     fastpath,
     feedback,
+    openapi,
     ops,
     security,
     services,
@@ -35,8 +37,6 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     if not app.config["SECRET_KEY"]:
         # No fallback: a guessable key would let anyone forge a session cookie.
         raise RuntimeError("SECRET_KEY is not set (make run sets a development-only one)")
-    app.json.sort_keys = False  # type: ignore[attr-defined]
-
     errors.init_app(app)
     security.init_app(app)
     db.init_app(app)
@@ -49,6 +49,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(compat_ollama.bp)
     app.register_blueprint(embed.bp)
     app.register_blueprint(ops.bp)
+    app.register_blueprint(openapi.bp)
     app.register_blueprint(ui.bp)
     fastpath.init_app(app)
+    bodies.init_app(app)  # last: its middleware wraps the fast path too
     return app

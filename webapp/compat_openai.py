@@ -36,6 +36,7 @@ from webapp.call import (
     with_header_mode,
 )
 from webapp.errors import ApiError, BadRequest
+from webapp.schemas import option_problem
 from webapp.services import services
 from webapp.streaming import Event
 
@@ -123,11 +124,14 @@ def _message(i: int, message: Any) -> Any:
         return message  # ChatRequest.parse refuses it
     role, content = message.get("role"), message.get("content")
     if isinstance(content, list):  # content parts: only text can be cached and answered
-        kinds = {p.get("type") if isinstance(p, dict) else None for p in content} - {"text"}
-        if kinds:
+        text = all(isinstance(p, dict) and p.get("type") == "text" for p in content)
+        if not text:
             raise _BadParam(f"messages[{i}]: only text content parts are supported",
                        f"messages[{i}].content")  # fmt: skip
-        content = "\n".join(str(p.get("text", "")) for p in content)
+        if not all(isinstance(p.get("text"), str) for p in content):
+            raise _BadParam(f"messages[{i}]: a text part's 'text' must be a string",
+                            f"messages[{i}].content")  # fmt: skip
+        content = "\n".join(p["text"] for p in content)
     # "developer" is OpenAI's newer name for the system message.
     return {"role": "system" if role == "developer" else role, "content": content}
 
@@ -141,13 +145,18 @@ def _options(body: dict[str, Any]) -> dict[str, Any]:
         kind = int if name in _INTEGERS else (int, float)
         if isinstance(value, bool) or not isinstance(value, kind):
             raise _BadParam(f"'{name}' must be {'an integer' if kind is int else 'a number'}", name)
-        options[_RENAMED.get(name, name)] = value
+        option = _RENAMED.get(name, name)
+        if problem := option_problem(option, value):
+            raise _BadParam(f"'{name}' {problem}", name)
+        options[option] = value
     stop = body.get("stop")
     if isinstance(stop, str):
         stop = [stop]
     if stop is not None:
         if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
             raise _BadParam("'stop' must be a string or a list of strings", "stop")
+        if problem := option_problem("stop", stop):
+            raise _BadParam(f"'stop' {problem}", "stop")
         options["stop"] = stop
     return options
 

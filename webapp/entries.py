@@ -21,6 +21,7 @@ from webapp.errors import BadRequest, Forbidden, NotFound
 from webapp.services import services
 
 bp = Blueprint("entries", __name__, url_prefix="/api/v1")
+MAX_AGE_S = 1000 * 366 * 24 * 3600  # a thousand years: older than any entry
 
 _FIELDS = (
     "id, model, prompt, response, scope, owner_id, created_at, expires_at, hits, last_hit_at,"
@@ -110,9 +111,10 @@ def invalidate_many() -> ResponseReturnValue:
     if "model" in body and not isinstance(model, str):
         raise BadRequest("'model' must be a string")
     if "older_than_s" in body and (
-        isinstance(age, bool) or not isinstance(age, int | float) or age < 0
+        isinstance(age, bool) or not isinstance(age, int | float) or not 0 <= age <= MAX_AGE_S
     ):
-        raise BadRequest("'older_than_s' must be a non-negative number")
+        # Bounded: PostgreSQL's timestamps end, and now() minus more is an error (a 500).
+        raise BadRequest(f"'older_than_s' must be a number of seconds from 0 to {MAX_AGE_S}")
     removed = services().repo.invalidate("invalidated", model=model, older_than_s=age)
     services().forget(removed)
     return jsonify({"invalidated": len(removed)})

@@ -27,10 +27,10 @@ from typing import Any
 
 import psycopg
 import redis
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, current_app, has_app_context, jsonify
 from kombu.exceptions import OperationalError as BrokerError
 from psycopg_pool import PoolTimeout
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,10 @@ def as_api_error(exc: BaseException) -> ApiError:
     """The ApiError a view's exception stands for; what nobody expected is logged here."""
     if isinstance(exc, ApiError):
         return exc
-    if isinstance(exc, HTTPException):  # routing, 405, 413 from MAX_CONTENT_LENGTH, ...
+    if isinstance(exc, RequestEntityTooLarge):  # MAX_CONTENT_LENGTH, when a view reads the body
+        limit = current_app.config.get("MAX_CONTENT_LENGTH") if has_app_context() else None
+        return TooLarge(f"the body is over the limit of {limit or 'MAX_BODY_BYTES'} bytes")
+    if isinstance(exc, HTTPException):  # routing, 405, ...
         return _HttpError(exc)
     if isinstance(exc, redis.RedisError):
         log.error("Redis: %s", exc)

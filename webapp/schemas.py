@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +14,46 @@ _CHAT_FIELDS = {"messages", "prompt", "model", "options", "cache", "stream", "wa
 _CACHE_FIELDS = {"mode", "threshold", "scope", "ttl"}
 MAX_TTL_S = 10 * 365 * 24 * 3600
 SCOPES = ("shared", "private")
+
+_INT32 = 2**31 - 1
+_INT64 = 2**63 - 1
+# Ollama's options (its Modelfile parameters and runner settings): kind and bounds. The
+# bounds hold every value a model can use (documented ones where Ollama documents them:
+# temperature 0..2, num_predict -1 infinite and -2 fill the context, repeat_last_n -1 the
+# whole context, mirostat 0/1/2...). Another name is refused: Ollama would ignore it, and
+# the cache would file the answer under a namespace of its own. `null` is "not given", as
+# Ollama reads it. keep_alive is a request field in Ollama's API; accepted here too.
+OPTIONS: dict[str, tuple[str, float, float]] = {
+    "temperature": ("number", 0, 2),
+    "top_p": ("number", 0, 1),
+    "min_p": ("number", 0, 1),
+    "typical_p": ("number", 0, 1),
+    "tfs_z": ("number", 0, 100),
+    "repeat_penalty": ("number", 0, 10),
+    "presence_penalty": ("number", -2, 2),
+    "frequency_penalty": ("number", -2, 2),
+    "mirostat_tau": ("number", 0, 100),
+    "mirostat_eta": ("number", 0, 10),
+    "top_k": ("integer", 0, _INT32),
+    "num_predict": ("integer", -2, _INT32),
+    "num_ctx": ("integer", 1, 1_048_576),
+    "num_keep": ("integer", -1, _INT32),
+    "repeat_last_n": ("integer", -1, _INT32),
+    "seed": ("integer", -_INT64 - 1, _INT64),
+    "mirostat": ("integer", 0, 2),
+    "num_gpu": ("integer", -1, _INT32),
+    "main_gpu": ("integer", 0, _INT32),
+    "num_thread": ("integer", 0, _INT32),
+    "num_batch": ("integer", 1, _INT32),
+    "stop": ("stop", 16, 256),  # at most 16 strings of at most 256 characters
+    "penalize_newline": ("boolean", 0, 0),
+    "use_mmap": ("boolean", 0, 0),
+    "use_mlock": ("boolean", 0, 0),
+    "low_vram": ("boolean", 0, 0),
+    "numa": ("boolean", 0, 0),
+    "vocab_only": ("boolean", 0, 0),
+    "keep_alive": ("duration", 0, 0),
+}
 
 
 @dataclass(frozen=True)
@@ -41,9 +82,7 @@ class ChatRequest:
         model = body.get("model", default_model)
         if not isinstance(model, str) or not model.strip():
             raise BadRequest("'model' must be a non-empty string")
-        options = body.get("options", {})
-        if not isinstance(options, dict):
-            raise BadRequest("'options' must be an object")
+        options = _options(body)
         cache = body.get("cache", {})
         if not isinstance(cache, dict):
             raise BadRequest("'cache' must be an object")
@@ -91,6 +130,53 @@ def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
     if messages[-1]["role"] != "user":
         raise BadRequest("the last message must have role 'user'")
     return messages
+
+
+def _options(body: dict[str, Any]) -> dict[str, Any]:
+    """The options as given (valid ones are never rewritten: they make the cache key)."""
+    options = body.get("options", {})
+    if not isinstance(options, dict):
+        raise BadRequest("'options' must be an object")
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise BadRequest(f"unknown option(s): {', '.join(unknown)} (see Ollama's options)")
+    for name, value in options.items():
+        problem = option_problem(name, value)
+        if problem:
+            raise BadRequest(f"options.{name} {problem}")
+    return options
+
+
+def option_problem(name: str, value: Any) -> str | None:
+    """What is wrong with `value` for Ollama's option `name` ("must be ..."), or None."""
+    kind, low, high = OPTIONS[name]
+    if value is None:
+        return None
+    if kind == "boolean":
+        return None if isinstance(value, bool) else "must be true or false"
+    if kind == "stop":
+        if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+            return "must be a list of strings"
+        if len(value) > low or any(len(s) > high for s in value):
+            return f"must be at most {int(low)} strings of at most {int(high)} characters"
+        return None
+    if kind == "duration":  # "5m", seconds, -1
+        ok = isinstance(value, str) and len(value) <= 32 or _is_number(value)
+        return None if ok else 'must be a duration ("5m") or a number of seconds'
+    if kind == "integer" and (not _is_number(value) or not isinstance(value, int)):
+        return f"must be an integer from {int(low)} to {int(high)}"
+    if not _is_number(value) or not low <= value <= high:
+        a, b = (int(low), int(high)) if kind == "integer" else (low, high)
+        return f"must be {'an integer' if kind == 'integer' else 'a number'} from {a} to {b}"
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, int | float)
+        and (isinstance(value, int) or math.isfinite(value))
+    )
 
 
 def _mode(cache: dict[str, Any]) -> str:
