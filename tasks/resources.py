@@ -153,7 +153,8 @@ def _send_audit(job: AuditJob) -> None:
     from tasks.app import app
 
     payload = job.to_payload()
-    app.send_task("flock.audit", args=[payload], queue="audit",
+    # An audit an hour late is dropped: the entry may be gone, and a backlog must not grow.
+    app.send_task("flock.audit", args=[payload], queue="audit", expires=3600,
                   argsrepr=describe(payload), kwargsrepr="{}")  # fmt: skip
 
 
