@@ -17,7 +17,7 @@ All names start with the prefix (FLOCK_KEY_PREFIX, default `flock:v1:`):
 | nsthreshold          | nsthreshold          | hash: namespaces' earned thresholds    |
 | scorethreshold       | scorethreshold       | hash: namespaces' audited pair-model   |
 |                      |                      | score thresholds                       |
-| audits               | audits               | hash: audits judged right / wrong      |
+| auditcounts          | auditcounts          | hash: audits judged right / wrong      |
 | rl(ident)            | rl:<ident>           | hash: a rate-limit bucket              |
 | apikey(sha)          | apikey:<sha>         | an API key's user, for a minute        |
 | job(id)              | job:<id>             | an async chat job                      |
@@ -115,8 +115,8 @@ class Keyspace:
         return f"{self.prefix}scorethreshold"
 
     @property
-    def audits(self) -> str:
-        return f"{self.prefix}audits"
+    def auditcounts(self) -> str:
+        return f"{self.prefix}auditcounts"
 
     # --- callers and jobs
     def rl(self, ident: str) -> str:

@@ -283,7 +283,7 @@ def audit(res: Resources, job: AuditJob) -> bool:
         correct, how = said_yes(reply), f"judge said {reply.strip()[:20]!r}"
     res.repo.add_audit(job.namespace, job.entry_key, job.prompt, job.matched_prompt,
                        job.similarity, job.score, correct, how)  # fmt: skip
-    res.redis.hincrby(res.keys.audits, "right" if correct else "wrong")
+    res.redis.hincrby(res.keys.auditcounts, "right" if correct else "wrong")
     audits = res.repo.audits(job.namespace)
     threshold = choose_threshold(audits, res.max_error, res.calibration)
     res.redis.hset(res.keys.scorethreshold, job.namespace, str(threshold))

@@ -114,7 +114,7 @@ class RedisGauges(Collector):
                 yield depth
 
     def _audits(self) -> dict[str, int]:
-        raw = timed_redis(self.cache_url).hgetall(self.keys.audits)
+        raw = timed_redis(self.cache_url).hgetall(self.keys.auditcounts)
         return {k.decode() if isinstance(k, bytes) else k: int(v) for k, v in raw.items()}
 
     def _count_leases(self) -> int:
