@@ -1,0 +1,147 @@
+"""Faults that must cost no answer and hang nobody: Redis restarted empty, PostgreSQL
+out of reach for a worker, a request-log row PostgreSQL refuses, Redis lost mid-stream.
+
+Redis's restart needs a Redis of our own: a private redis-server on a free port (never the
+shared 6379) serves as this module's cache and broker, and its stack (web and workers) is
+never restarted.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import redis
+import requests
+
+from tests.conftest import LEASE_MS, auth, conversation, create_user, nonsense_word
+from tests.stack import Stack, free_port
+
+MODEL = "llama3.2:1b"
+
+
+class PrivateRedis:
+    """A redis-server of the test's own, without persistence: a restart loses everything."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.popen: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        args = [
+            shutil.which("redis-server") or "redis-server",
+            "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", str(self.workdir), "--daemonize", "no",
+        ]  # fmt: skip
+        log = open(self.workdir / f"redis-{self.port}.log", "ab")
+        self.popen = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        client = redis.Redis(port=self.port, socket_connect_timeout=1)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def kill(self) -> None:
+        if self.popen is not None:
+            self.popen.kill()
+            self.popen.wait(10)
+            self.popen = None
+
+
+@pytest.fixture(scope="module")
+def private_redis(tmp_path_factory) -> Iterator[PrivateRedis]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    server = PrivateRedis(tmp_path_factory.mktemp("private-redis"))
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture(scope="module")
+def own_stack(stack_env, private_redis, tmp_path_factory) -> Iterator[tuple[Stack, str]]:
+    """Web, embedder and llm worker on the private Redis (cache in db 0, broker in db 1)."""
+    env = {
+        **stack_env,
+        "REDIS_URL": f"{private_redis.url}/0",
+        "CELERY_BROKER_URL": f"{private_redis.url}/1",
+    }
+    s = Stack(env=env, logdir=tmp_path_factory.mktemp("faults-logs"))
+    try:
+        s.start_worker("embedder", "embed", concurrency=2, pool="threads")
+        s.start_worker("llm", "llm", concurrency=4, pool="threads")
+        s.start_web(workers=1)
+        yield s, create_user(env, f"faults-{uuid.uuid4().hex[:6]}")
+    finally:
+        s.stop()
+
+
+def question() -> str:
+    return f"How does a {nonsense_word()} {nonsense_word()} keep its {nonsense_word()} warm?"
+
+
+def ask(url: str, key: str, surface: str, prompt: str, timeout: float) -> requests.Response:
+    messages = conversation(prompt)
+    path, body = {
+        "native": ("/api/v1/chat", {"prompt": prompt}),
+        "openai": ("/v1/chat/completions", {"model": MODEL, "messages": messages}),
+        "ollama": ("/api/chat", {"model": MODEL, "messages": messages, "stream": False}),
+    }[surface]
+    return requests.post(f"{url}{path}", json=body, headers=auth(key), timeout=timeout)
+
+
+def test_redis_restarted_empty_costs_no_answer(own_stack, private_redis, standin):
+    stack, key = own_stack
+    first = ask(stack.url, key, "native", question(), timeout=30)
+    assert first.status_code == 200, first.text
+
+    # Redis dies while a question is being answered (its worker holds a lease and an
+    # unacknowledged message), stays away a while, and comes back empty.
+    standin.configure(latency_s=1.5)
+    pending = ThreadPoolExecutor(1).submit(ask, stack.url, key, "native", question(), 30)
+    time.sleep(0.7)
+    private_redis.kill()  # -9: no goodbye to any client
+    time.sleep(3)
+    private_redis.start()  # same port, empty (no persistence)
+    pending.exception()  # whatever it got, it got it: an answer or an error
+    standin.configure(latency_s=0)
+
+    # The first request after the restart may meet a dead pooled connection (a 503 is
+    # an honest answer); from then on every new question is answered, and in time.
+    budget = LEASE_MS / 1000 + 10
+    for surface in ("native", "openai", "ollama"):
+        prompt = question()
+        started = time.monotonic()
+        while True:
+            resp = ask(stack.url, key, surface, prompt, timeout=budget)
+            if resp.status_code == 200 or time.monotonic() - started > budget:
+                break
+            assert resp.status_code == 503, resp.text
+            time.sleep(0.2)
+        elapsed = time.monotonic() - started
+        assert resp.status_code == 200, (
+            surface,
+            resp.status_code,
+            resp.text,
+            stack.procs["embedder"].tail(),
+        )
+        assert elapsed < budget, (surface, elapsed)
+    for proc in stack.procs.values():
+        assert proc.alive(), proc.name
