@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psycopg
 import pytest
 import redis
 import requests
@@ -145,3 +146,25 @@ def test_redis_restarted_empty_costs_no_answer(own_stack, private_redis, standin
         assert elapsed < budget, (surface, elapsed)
     for proc in stack.procs.values():
         assert proc.alive(), proc.name
+
+
+def _rows(database: str, sql: str, *params) -> list[tuple]:
+    with psycopg.connect(database) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def test_a_row_postgres_refuses_does_not_stop_the_request_log(own_stack, database):
+    stack, key = own_stack
+    # PostgreSQL's text columns take no NUL: this request's log row is refused.
+    bad = ask(stack.url, key, "native", f"What does a \x00 {nonsense_word()} do?", timeout=30)
+    good = [ask(stack.url, key, "native", question(), timeout=30) for _ in range(3)]
+    assert {r.status_code for r in good} == {200}, [r.text for r in good]
+    ids = [r.json()["id"] for r in good]
+    sql = "SELECT count(*) FROM request_log WHERE answer_id = ANY(%s)"
+    deadline = time.monotonic() + 10
+    while _rows(database, sql, ids) != [(3,)] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _rows(database, sql, ids) == [(3,)], stack.procs["web"].tail()
+    assert "dropped the row of answer" in stack.procs["web"].log.read_text(), bad.text
+    stats = requests.get(f"{stack.url}/api/v1/stats", headers=auth(key), timeout=10)
+    assert stats.status_code == 200, stats.text
