@@ -20,6 +20,7 @@ from psycopg_pool import ConnectionPool
 from cache import EmbeddingCache, ExactStore, InFlightPrompts, Keyspace, Lease, SemanticIndex
 from cache.audit import Calibration, choose_threshold
 from cache.job import AuditJob
+from cache.pending import PendingPuts
 from cache.repo import CacheRepo
 from cache.tokens import TokenWriter
 from cache.verify import Verifier
@@ -58,6 +59,11 @@ class Resources:
     send_audit: Callable[[AuditJob], None]  # queues flock.audit
     llm_band: float | None = None  # LLM_VERIFY_BAND: see tasks.flow._second_opinion
 
+    @property
+    def pending(self) -> PendingPuts:
+        """Answers PostgreSQL could not take yet, for the sweeper to write (cache/pending.py)."""
+        return PendingPuts(self.redis, self.keys)
+
     def namespace_threshold(self, namespace: str) -> float:
         """What wrong hits raised this namespace's threshold to (0 when none did). Kept in
         Redis for every lookup; reloaded from PostgreSQL when Redis lost it."""
@@ -93,6 +99,7 @@ class Resources:
             return _models["embedder"]
 
 
+_CONNECT_TIMEOUT_S = 5
 _lock = threading.Lock()
 _by_pid: dict[int, Resources] = {}
 _models: dict[str, Embedder] = {}
@@ -113,8 +120,15 @@ def _build() -> Resources:
     client = redis.Redis.from_url(conf.redis_url, health_check_interval=30)
     keys = Keyspace(conf.flock_key_prefix)
     lease = Lease(client, keys, conf.lock_lease_ms)
+    # A connection within a third of the lease, or PostgreSQL counts as out of reach (a
+    # task then answers without it: tasks/flow.py); the lease outlives the wait.
     pool = ConnectionPool(
-        conf.database_url, min_size=1, max_size=4, kwargs={"autocommit": True}, open=True
+        conf.database_url,
+        min_size=1,
+        max_size=4,
+        kwargs={"autocommit": True, "connect_timeout": _CONNECT_TIMEOUT_S},
+        timeout=max(1.0, conf.lock_lease_ms / 3000),
+        open=True,
     )
     repo = CacheRepo(pool)
     pair = PairModel()

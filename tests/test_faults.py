@@ -168,3 +168,32 @@ def test_a_row_postgres_refuses_does_not_stop_the_request_log(own_stack, databas
     assert "dropped the row of answer" in stack.procs["web"].log.read_text(), bad.text
     stats = requests.get(f"{stack.url}/api/v1/stats", headers=auth(key), timeout=10)
     assert stats.status_code == 200, stats.text
+
+
+def test_an_answer_postgres_could_not_take_is_served_and_recorded_later(own_stack, database):
+    """The llm worker cannot reach PostgreSQL (nothing listens at its DATABASE_URL): the
+    answer still reaches the client and Redis, and the embedder's sweeper records it."""
+    stack, key = own_stack
+    stack.procs["llm"].stop()
+    nowhere = f"postgresql://postgres@127.0.0.1:{free_port()}/flock"
+    blind = stack.start_worker(
+        "llm-nopg", "llm", concurrency=2, pool="threads", extra_env={"DATABASE_URL": nowhere}
+    )
+    try:
+        prompt = question()
+        first = ask(stack.url, key, "native", prompt, timeout=30)
+        assert first.status_code == 200, (first.text, blind.tail())
+        assert first.json()["cache"]["status"] == "miss"
+        again = ask(stack.url, key, "native", prompt, timeout=30)
+        assert again.json()["cache"]["status"] == "exact"
+        assert again.json()["message"] == first.json()["message"]
+        entry_id = first.json()["cache"]["entry_id"]
+        sql = "SELECT response FROM cache_entries WHERE id = %s AND invalidated_at IS NULL"
+        deadline = time.monotonic() + 15
+        while not _rows(database, sql, entry_id) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _rows(database, sql, entry_id) == [(first.json()["message"]["content"],)]
+    finally:
+        blind.stop()
+        del stack.procs["llm-nopg"]
+        stack.start_worker("llm", "llm", concurrency=4, pool="threads")
