@@ -34,7 +34,7 @@ from inference import (
     load_embedder,
 )
 from inference.pair_model import PairModel
-from settings import Settings, current
+from settings import Settings, current, pg_configure, pg_connection_kwargs, redis_timeouts
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,6 @@ class Resources:
             return _models["embedder"]
 
 
-_CONNECT_TIMEOUT_S = 5
 _lock = threading.Lock()
 _by_pid: dict[int, Resources] = {}
 _models: dict[str, Embedder] = {}
@@ -117,7 +116,7 @@ def resources() -> Resources:
 
 def _build() -> Resources:
     conf = current()
-    client = redis.Redis.from_url(conf.redis_url, health_check_interval=30)
+    client = redis.Redis.from_url(conf.redis_url, **redis_timeouts(conf.redis_timeout_s))
     keys = Keyspace(conf.flock_key_prefix)
     lease = Lease(client, keys, conf.lock_lease_ms)
     # A connection within a third of the lease, or PostgreSQL counts as out of reach (a
@@ -126,7 +125,8 @@ def _build() -> Resources:
         conf.database_url,
         min_size=1,
         max_size=4,
-        kwargs={"autocommit": True, "connect_timeout": _CONNECT_TIMEOUT_S},
+        kwargs=pg_connection_kwargs(),
+        configure=pg_configure,
         timeout=max(1.0, conf.lock_lease_ms / 3000),
         open=True,
     )

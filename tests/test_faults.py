@@ -9,7 +9,9 @@ never restarted.
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -197,3 +199,55 @@ def test_an_answer_postgres_could_not_take_is_served_and_recorded_later(own_stac
         blind.stop()
         del stack.procs["llm-nopg"]
         stack.start_worker("llm", "llm", concurrency=4, pool="threads")
+
+
+class SilentServer:
+    """Accepts TCP connections and never answers: a Redis that hangs."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)  # held open, never read or answered
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.conns:
+            conn.close()
+
+
+def test_a_broker_that_does_not_answer_is_a_503_not_a_hang(
+    own_stack, stack_env, private_redis, tmp_path
+):
+    """The broker accepts connections and never answers: sending the task must fail in
+    time (REDIS_TIMEOUT_S; kombu passes no timeout to redis-py unless told), not hang the
+    request for good."""
+    _, key = own_stack
+    silent = SilentServer()
+    web = Stack(
+        env={
+            **stack_env,
+            "REDIS_URL": f"{private_redis.url}/0",
+            "CELERY_BROKER_URL": f"redis://127.0.0.1:{silent.port}/1",
+            "REDIS_TIMEOUT_S": "1",
+        },
+        logdir=tmp_path,
+    )
+    web.start_web(workers=1)
+    try:
+        for surface in ("native", "openai", "ollama"):
+            started = time.monotonic()
+            resp = ask(web.url, key, surface, question(), timeout=30)
+            assert resp.status_code == 503, (surface, resp.text)
+            assert time.monotonic() - started < 15, surface
+    finally:
+        web.stop()
+        silent.close()
