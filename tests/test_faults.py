@@ -9,6 +9,7 @@ never restarted.
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -251,3 +252,73 @@ def test_a_broker_that_does_not_answer_is_a_503_not_a_hang(
     finally:
         web.stop()
         silent.close()
+
+
+def _stream_events(url: str, key: str, prompt: str, timeout: float) -> list[tuple[str, float]]:
+    """(event, arrival time) of a native SSE stream, read until it ends or `timeout`."""
+    events = []
+    with requests.post(
+        f"{url}/api/v1/chat", json={"prompt": prompt, "stream": True}, headers=auth(key),
+        stream=True, timeout=timeout,
+    ) as resp:  # fmt: skip
+        assert resp.status_code == 200, resp.text
+        for line in resp.iter_lines(decode_unicode=True):
+            if line.startswith("event: "):
+                events.append((line[7:], time.monotonic()))
+    return events
+
+
+def test_redis_lost_mid_stream_ends_the_stream_with_an_error(own_stack, private_redis, standin):
+    """Redis dies while an answer streams: the stream ends with an `error` event in time
+    (the relay neither spins nor waits for good), and once Redis is back, streams work."""
+    stack, key = own_stack
+    standin.configure(tokens=40, token_interval_s=0.25)
+    try:
+        pending = ThreadPoolExecutor(1).submit(_stream_events, stack.url, key, question(), 60)
+        time.sleep(2.0)  # tokens are flowing
+        private_redis.kill()
+        killed = time.monotonic()
+        events = pending.result(timeout=60)
+    finally:
+        if private_redis.popen is None:
+            private_redis.start()
+        standin.configure(tokens=12, token_interval_s=0)
+    names = [name for name, _ in events]
+    assert "delta" in names, names
+    assert names[-1] == "error", names
+    assert events[-1][1] - killed < 15, events[-1][1] - killed
+    assert ask(stack.url, key, "native", question(), timeout=30).status_code in (200, 503)
+
+
+def test_a_stream_ends_by_its_deadline_when_redis_hangs(
+    own_stack, stack_env, private_redis, standin, tmp_path
+):
+    """Redis stops answering (SIGSTOP: connections stay open) while an answer streams: the
+    stream still ends, with an `error` event, by REQUEST_TIMEOUT_S and a grace, not when
+    the stuck Redis call gives up (REDIS_TIMEOUT_S, retried)."""
+    stack, key = own_stack
+    web = Stack(
+        env={
+            **stack_env,
+            "REDIS_URL": f"{private_redis.url}/0",
+            "CELERY_BROKER_URL": f"{private_redis.url}/1",
+            "REQUEST_TIMEOUT_S": "4",
+        },
+        logdir=tmp_path,
+    )
+    web.start_web(workers=1)
+    standin.configure(tokens=12, token_interval_s=0.25)
+    assert private_redis.popen is not None
+    try:
+        started = time.monotonic()
+        pending = ThreadPoolExecutor(1).submit(_stream_events, web.url, key, question(), 60)
+        time.sleep(1.5)  # tokens are flowing
+        private_redis.popen.send_signal(signal.SIGSTOP)
+        events = pending.result(timeout=60)
+    finally:
+        private_redis.popen.send_signal(signal.SIGCONT)
+        standin.configure(tokens=12, token_interval_s=0)
+        web.stop()
+    names = [name for name, _ in events]
+    assert names[-1] == "error", names
+    assert events[-1][1] - started < 4 + 3, events[-1][1] - started
