@@ -129,7 +129,8 @@ def generate(res: Resources, job: Job) -> None:
 def _record(res: Resources, job: Job, entry: Entry, vector: np.ndarray | None) -> bool:
     """PostgreSQL's record of the answer. When PostgreSQL is out of reach the answer is not
     lost: the put waits in Redis for the sweeper (cache/pending.py), which also indexes it,
-    and the answer goes out now. Returns whether it was recorded."""
+    and the answer goes out now. An answer PostgreSQL refuses for good (text it cannot hold)
+    is served and kept in Redis, unrecorded. Returns whether it was recorded."""
     assert job.ttl is not None
     put = PendingPut(entry, job.ttl, vector, job.owner_id, job.scope == "private")
     try:
@@ -139,6 +140,10 @@ def _record(res: Resources, job: Job, entry: Entry, vector: np.ndarray | None) -
         log.warning("PostgreSQL did not take the answer of %s (%s); recorded later",
                     job.key[:12], exc)  # fmt: skip
         res.pending.push(put)
+        return False
+    except psycopg.Error as exc:  # this answer it will never take (a NUL in its text)
+        log.error("PostgreSQL refused the answer of %s (%s); served from Redis only",
+                  job.key[:12], exc)  # fmt: skip
         return False
 
 

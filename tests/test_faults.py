@@ -322,3 +322,15 @@ def test_a_stream_ends_by_its_deadline_when_redis_hangs(
     names = [name for name, _ in events]
     assert names[-1] == "error", names
     assert events[-1][1] - started < 4 + 3, events[-1][1] - started
+
+
+def test_an_answer_postgres_refuses_is_still_served(own_stack):
+    """PostgreSQL's text cannot hold a NUL: such a question is answered (and cached in
+    Redis) all the same, unrecorded."""
+    stack, key = own_stack
+    prompt = f"Why would a \x00 {nonsense_word()} {nonsense_word()} be here?"
+    first = ask(stack.url, key, "native", prompt, timeout=30)
+    assert first.status_code == 200, first.text
+    again = ask(stack.url, key, "native", prompt, timeout=30)
+    assert again.json()["cache"]["status"] == "exact"
+    assert again.json()["message"] == first.json()["message"]
