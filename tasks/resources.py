@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import psycopg
 import redis
 from celery.signals import celeryd_init, worker_process_init, worker_ready
 from psycopg_pool import ConnectionPool
@@ -66,12 +67,18 @@ class Resources:
 
     def namespace_threshold(self, namespace: str) -> float:
         """What wrong hits raised this namespace's threshold to (0 when none did). Kept in
-        Redis for every lookup; reloaded from PostgreSQL when Redis lost it."""
+        Redis for every lookup; reloaded from PostgreSQL when Redis lost it. Unknown (Redis
+        lost it and PostgreSQL is out of reach): 1.0, only identical prompts match."""
         key = self.keys.nsthreshold
         value, loaded = self.redis.hmget(key, [namespace, "_loaded"])
         if loaded is None:
+            try:
+                known = self.repo.namespace_thresholds()
+            except psycopg.OperationalError as exc:
+                log.warning("namespace thresholds unknown (%s): exact matches only", exc)
+                return 1.0
             self.redis.hset(key, mapping={"_loaded": "1", **{
-                ns: str(t) for ns, t in self.repo.namespace_thresholds().items()}})  # fmt: skip
+                ns: str(t) for ns, t in known.items()}})  # fmt: skip
             value = self.redis.hget(key, namespace)
         return float(value) if value is not None else 0.0
 
@@ -79,13 +86,18 @@ class Resources:
         """The pair model's acceptance threshold in this namespace: learned from its audits
         (tasks.flow.audit keeps it in Redis); the offline operating point for
         SEMANTIC_MAX_ERROR where none was learned. Reloaded from PostgreSQL when Redis
-        lost it."""
+        lost it; unknown (PostgreSQL out of reach too): 1.0, the strictest."""
         key = self.keys.scorethreshold
         value, loaded = self.redis.hmget(key, [namespace, "_loaded"])
         if loaded is None:
+            try:
+                recent = self.repo.recent_audits()
+            except psycopg.OperationalError as exc:
+                log.warning("score thresholds unknown (%s): the strictest for now", exc)
+                return 1.0
             learned: dict[str | bytes, str] = {
                 ns: str(choose_threshold(audits, self.max_error, self.calibration))
-                for ns, audits in self.repo.recent_audits().items()
+                for ns, audits in recent.items()
             }
             self.redis.hset(key, mapping={"_loaded": "1", **learned})  # type: ignore[dict-item]
             value = learned.get(namespace)

@@ -24,6 +24,7 @@ import pytest
 import redis
 import requests
 
+from cache.keyspace import Keyspace
 from tests.conftest import LEASE_MS, auth, conversation, create_user, nonsense_word
 from tests.stack import Stack, free_port
 
@@ -334,3 +335,27 @@ def test_an_answer_postgres_refuses_is_still_served(own_stack):
     again = ask(stack.url, key, "native", prompt, timeout=30)
     assert again.json()["cache"]["status"] == "exact"
     assert again.json()["message"] == first.json()["message"]
+
+
+def test_an_embedder_without_postgres_still_answers(own_stack, private_redis):
+    """A fresh embedder process cannot reach PostgreSQL, and Redis lost the namespaces'
+    thresholds: it cannot load its index nor the thresholds, yet the question is answered
+    (a miss: the strictest bar, no semantic match), not failed."""
+    stack, key = own_stack
+    stack.procs["embedder"].stop()
+    nowhere = f"postgresql://postgres@127.0.0.1:{free_port()}/flock"
+    blind = stack.start_worker(
+        "embedder-nopg", "embed", concurrency=2, pool="threads",
+        extra_env={"DATABASE_URL": nowhere},
+    )  # fmt: skip
+    try:
+        cache = redis.Redis.from_url(f"{private_redis.url}/0")
+        ks = Keyspace(stack.env.get("FLOCK_KEY_PREFIX", "flock:v1:"))
+        cache.delete(ks.nsthreshold, ks.scorethreshold)  # as a Redis that lost them
+        resp = ask(stack.url, key, "native", question(), timeout=30)
+        assert resp.status_code == 200, (resp.text, blind.tail())
+        assert resp.json()["cache"]["status"] == "miss"
+    finally:
+        blind.stop()
+        del stack.procs["embedder-nopg"]
+        stack.start_worker("embedder", "embed", concurrency=2, pool="threads")
