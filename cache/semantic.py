@@ -200,12 +200,11 @@ class SemanticIndex:
         last: Any = self.client.xrevrange(self.log_key, count=1)
         start = last[0][0].decode() if last else "0-0"
         spaces: dict[str, _Namespace] = {}
-        try:
-            rows = list(self.source())
+        try:  # streamed: the rows are never all in memory twice
+            for namespace, key, prompt, vector in self.source():
+                spaces.setdefault(namespace, _Namespace()).add(key, prompt, vector)
         except Exception as exc:  # nothing changed here: the next sync loads again
-            raise SourceUnavailable(str(exc)) from exc
-        for namespace, key, prompt, vector in rows:
-            spaces.setdefault(namespace, _Namespace()).add(key, prompt, vector)
+            raise SourceUnavailable(f"{type(exc).__name__}: {exc}") from exc
         self._epoch, self._spaces, self._last_id = epoch, spaces, start
         self.sync()
 
