@@ -134,7 +134,7 @@ def _record(res: Resources, job: Job, entry: Entry, vector: np.ndarray | None) -
     assert job.ttl is not None
     put = PendingPut(entry, job.ttl, vector, job.owner_id, job.scope == "private")
     try:
-        res.repo.put(put.entry, put.ttl_s, put.vector, put.owner_id, put.private)
+        res.pg.call(res.repo.put, put.entry, put.ttl_s, put.vector, put.owner_id, put.private)
         return True
     except psycopg.OperationalError as exc:
         log.warning("PostgreSQL did not take the answer of %s (%s); recorded later",
@@ -349,7 +349,7 @@ def _served_from_cache(res: Resources, job: Job, durable: bool = True) -> bool:
     if job.mode != "use":
         return False
     try:
-        entry = _load(res, job.key) if durable else res.store.get(job.key)
+        entry = res.pg.call(_load, res, job.key) if durable else res.store.get(job.key)
     except psycopg.OperationalError as exc:  # no record to read: the LLM answers
         log.warning("PostgreSQL out of reach looking up %s: %s", job.key[:12], exc)
         entry = res.store.get(job.key)

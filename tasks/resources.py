@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
 
 import psycopg
 import redis
@@ -37,6 +38,39 @@ from inference import (
 from inference.pair_model import PairModel
 from settings import Settings, current, pg_configure, pg_connection_kwargs, redis_timeouts
 
+T = TypeVar("T")
+
+
+class Outage:
+    """PostgreSQL out of reach, remembered for `hold_s`: meanwhile each call through here
+    fails at once (psycopg.OperationalError) instead of waiting a pool timeout for a
+    connection, so a PostgreSQL outage costs an answer one wait, not one per read."""
+
+    def __init__(self, hold_s: float = 5.0) -> None:
+        self.hold_s = hold_s
+        self._until = 0.0
+
+    def _check(self) -> None:
+        if time.monotonic() < self._until:
+            raise psycopg.OperationalError("PostgreSQL was out of reach moments ago")
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        self._check()
+        try:
+            return fn(*args)
+        except psycopg.OperationalError:
+            self._until = time.monotonic() + self.hold_s
+            raise
+
+    def rows(self, source: Callable[[], Iterator[T]]) -> Iterator[T]:
+        """`source`'s rows, through the same memory of an outage."""
+        self._check()
+        try:
+            yield from source()
+        except psycopg.OperationalError:
+            self._until = time.monotonic() + self.hold_s
+            raise
+
 
 @dataclass(frozen=True)
 class Resources:
@@ -59,6 +93,7 @@ class Resources:
     audit_rate: float  # AUDIT_RATE: the share of semantic hits audited
     send_audit: Callable[[AuditJob], None]  # queues flock.audit
     llm_band: float | None = None  # LLM_VERIFY_BAND: see tasks.flow._second_opinion
+    pg: Outage = field(default_factory=Outage)  # PostgreSQL calls that must not wait twice
 
     @property
     def pending(self) -> PendingPuts:
@@ -73,7 +108,7 @@ class Resources:
         value, loaded = self.redis.hmget(key, [namespace, "_loaded"])
         if loaded is None:
             try:
-                known = self.repo.namespace_thresholds()
+                known = self.pg.call(self.repo.namespace_thresholds)
             except psycopg.OperationalError as exc:
                 log.warning("namespace thresholds unknown (%s): exact matches only", exc)
                 return 1.0
@@ -91,7 +126,7 @@ class Resources:
         value, loaded = self.redis.hmget(key, [namespace, "_loaded"])
         if loaded is None:
             try:
-                recent = self.repo.recent_audits()
+                recent = self.pg.call(self.repo.recent_audits)
             except psycopg.OperationalError as exc:
                 log.warning("score thresholds unknown (%s): the strictest for now", exc)
                 return 1.0
@@ -143,6 +178,7 @@ def _build() -> Resources:
         open=True,
     )
     repo = CacheRepo(pool)
+    pg = Outage()
     pair = PairModel()
     thresholds, error = pair.calibration()
     calibration = Calibration(tuple(thresholds), tuple(error))
@@ -152,7 +188,7 @@ def _build() -> Resources:
         lease=lease,
         store=ExactStore(client, keys, lease),
         repo=repo,
-        index=SemanticIndex(client, keys, repo.vectors),
+        index=SemanticIndex(client, keys, lambda: pg.rows(repo.vectors)),
         inflight=InFlightPrompts(client, keys),
         embeddings=EmbeddingCache(client, keys),
         tokens=TokenWriter(client, keys),
@@ -168,6 +204,7 @@ def _build() -> Resources:
         audit_rate=conf.audit_rate,
         send_audit=_send_audit,
         llm_band=conf.llm_verify_band,
+        pg=pg,
     )
 
 

@@ -42,7 +42,7 @@ def _run(interval_s: float, max_entries: int) -> None:
             # whose PostgreSQL is out of reach never holds them back; a put is idempotent.
             res = resources()
             if len(res.pending):
-                res.pending.retry(res.repo, res.index)
+                res.pg.call(res.pending.retry, res.repo, res.index)
         except Exception as exc:
             log.error("pending answers not recorded yet: %s", exc)
         threading.Event().wait(interval_s)

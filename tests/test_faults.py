@@ -191,6 +191,12 @@ def test_an_answer_postgres_could_not_take_is_served_and_recorded_later(own_stac
         again = ask(stack.url, key, "native", prompt, timeout=30)
         assert again.json()["cache"]["status"] == "exact"
         assert again.json()["message"] == first.json()["message"]
+        # The outage is remembered: the next answer does not wait for PostgreSQL again
+        # (a pool timeout before the LLM call and another after it, a second each here).
+        started = time.monotonic()
+        second = ask(stack.url, key, "native", question(), timeout=30)
+        assert second.status_code == 200, second.text
+        assert time.monotonic() - started < 1.5
         entry_id = first.json()["cache"]["entry_id"]
         sql = "SELECT response FROM cache_entries WHERE id = %s AND invalidated_at IS NULL"
         deadline = time.monotonic() + 15
