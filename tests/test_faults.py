@@ -128,25 +128,14 @@ def test_redis_restarted_empty_costs_no_answer(own_stack, private_redis, standin
     pending.exception()  # whatever it got, it got it: an answer or an error
     standin.configure(latency_s=0)
 
-    # The first request after the restart may meet a dead pooled connection (a 503 is
-    # an honest answer); from then on every new question is answered, and in time.
+    # Every new question after the restart is answered, at once (a dead pooled connection
+    # is retried on a new one), on every surface, within the lease and a margin.
     budget = LEASE_MS / 1000 + 10
     for surface in ("native", "openai", "ollama"):
-        prompt = question()
         started = time.monotonic()
-        while True:
-            resp = ask(stack.url, key, surface, prompt, timeout=budget)
-            if resp.status_code == 200 or time.monotonic() - started > budget:
-                break
-            assert resp.status_code == 503, resp.text
-            time.sleep(0.2)
+        resp = ask(stack.url, key, surface, question(), timeout=budget)
         elapsed = time.monotonic() - started
-        assert resp.status_code == 200, (
-            surface,
-            resp.status_code,
-            resp.text,
-            stack.procs["embedder"].tail(),
-        )
+        assert resp.status_code == 200, (surface, resp.text, stack.procs["llm"].tail())
         assert elapsed < budget, (surface, elapsed)
     for proc in stack.procs.values():
         assert proc.alive(), proc.name
