@@ -43,11 +43,11 @@ class PrivateRedis:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}"
 
-    def start(self) -> None:
+    def start(self, *extra: str) -> None:
         args = [
             shutil.which("redis-server") or "redis-server",
             "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--dir", str(self.workdir), "--daemonize", "no",
+            "--dir", str(self.workdir), "--daemonize", "no", *extra,
         ]  # fmt: skip
         log = open(self.workdir / f"redis-{self.port}.log", "ab")
         self.popen = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
@@ -354,3 +354,24 @@ def test_an_embedder_without_postgres_still_answers(own_stack, private_redis):
         blind.stop()
         del stack.procs["embedder-nopg"]
         stack.start_worker("embedder", "embed", concurrency=2, pool="threads")
+
+
+def test_wake_ups_redis_refuses_are_a_503(stack_env, tmp_path):
+    """A Redis that answers commands but refuses PSUBSCRIBE (renamed away, as an ACL
+    without pub/sub would): the request waits for the subscription, then gets a 503 like
+    any Redis fault, not a 500."""
+    server = PrivateRedis(tmp_path)
+    server.start("--rename-command", "PSUBSCRIBE", "")
+    web = Stack(
+        env={**stack_env, "REDIS_URL": f"{server.url}/0", "CELERY_BROKER_URL": f"{server.url}/1"},
+        logdir=tmp_path,
+    )
+    try:
+        web.start_web(workers=1)
+        key = create_user(web.env, f"nopubsub-{uuid.uuid4().hex[:6]}")
+        resp = ask(web.url, key, "native", question(), timeout=30)
+        assert resp.status_code == 503, resp.text
+        assert resp.json()["error"]["code"] == "redis_unavailable"
+    finally:
+        web.stop()
+        server.kill()
