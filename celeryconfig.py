@@ -4,11 +4,18 @@ Celery reads lowercase module attributes. Flock's settings (settings.py) give th
 the workers read the rest of them from `settings.current()` themselves (tasks/resources.py).
 """
 
-from settings import current
+from settings import current, redis_timeouts
 
 # The broker may live elsewhere (another Redis database, RabbitMQ); the cache lives at REDIS_URL.
 broker_url = current().broker_url
 broker_connection_retry_on_startup = True
+if broker_url.startswith(("redis://", "rediss://", "unix://")):
+    # No command without a deadline (the workers' BRPOP asks for 1 s at a time).
+    broker_transport_options = {
+        k: v
+        for k, v in redis_timeouts(current().redis_timeout_s).items()
+        if k in ("socket_timeout", "socket_connect_timeout")
+    }
 
 # Results travel through Flock's own keys and pub/sub, not Celery's result backend.
 task_ignore_result = True

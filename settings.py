@@ -22,6 +22,38 @@ from typing import Any
 
 LLM_BACKENDS = ("ollama", "embedded", "auto")
 
+# Timeouts of every connection Flock opens. A Redis command answers within REDIS_TIMEOUT_S
+# (a setting) or fails; connecting takes at most REDIS_CONNECT_TIMEOUT_S of it; idle
+# connections are checked before use every REDIS_HEALTH_CHECK_S. The wake-up subscriber
+# waits for messages with get_message(timeout=...), which the read timeout does not cut.
+# PostgreSQL: connecting within PG_CONNECT_TIMEOUT_S, statements cut at
+# PG_STATEMENT_TIMEOUT_MS (migrations excepted).
+REDIS_CONNECT_TIMEOUT_S = 5.0
+REDIS_HEALTH_CHECK_S = 30
+PG_CONNECT_TIMEOUT_S = 5
+PG_STATEMENT_TIMEOUT_MS = 30_000
+
+
+def redis_timeouts(timeout_s: float) -> dict[str, Any]:
+    """Keyword arguments of a redis-py client or pool: REDIS_TIMEOUT_S and the rest."""
+    return {
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": min(REDIS_CONNECT_TIMEOUT_S, timeout_s),
+        "health_check_interval": REDIS_HEALTH_CHECK_S,
+    }
+
+
+def pg_connection_kwargs() -> dict[str, Any]:
+    """Keyword arguments of each pooled PostgreSQL connection (autocommit, connect timeout);
+    the statement timeout is set by `pg_configure` after connecting, not as a startup
+    `options` parameter, which PgBouncer refuses unless told to ignore it."""
+    return {"autocommit": True, "connect_timeout": PG_CONNECT_TIMEOUT_S}
+
+
+def pg_configure(conn: Any) -> None:
+    """A pool's `configure`: the statement timeout of a new (autocommit) connection."""
+    conn.execute(f"SET statement_timeout = {int(PG_STATEMENT_TIMEOUT_MS)}")
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -32,6 +64,7 @@ class Settings:
     database_url: str = "postgresql:///flock"
     database_pool_size: int = 10  # per web process
     redis_max_connections: int = 100  # per web process
+    redis_timeout_s: float = 10.0  # any one Redis command, or it fails (503)
     # security
     secret_key: str | None = None  # required by the web tier; no default on purpose
     session_cookie_secure: bool = False
@@ -82,8 +115,9 @@ class Settings:
             raise ValueError(
                 f"LLM_BACKEND must be one of {', '.join(LLM_BACKENDS)}, not {self.llm_backend!r}"
             )
-        positive = ("database_pool_size", "redis_max_connections", "llm_timeout_s", "cache_ttl",
-                    "lock_lease_ms", "request_timeout_s", "max_prompt_chars", "max_body_bytes",
+        positive = ("database_pool_size", "redis_max_connections", "redis_timeout_s",
+                    "llm_timeout_s", "cache_ttl", "lock_lease_ms", "request_timeout_s",
+                    "max_prompt_chars", "max_body_bytes",
                     "request_log_interval_s", "evict_interval_s", "cache_max_ttl",
                     "session_lifetime_s", "feedback_quorum", "max_keys_per_user")  # fmt: skip
         for name in positive:

@@ -23,6 +23,8 @@ All names start with the prefix (FLOCK_KEY_PREFIX, default `flock:v1:`):
 | job(id)              | job:<id>             | an async chat job                      |
 | embres(id)           | embres:<id>          | an embeddings result, for a minute     |
 | sweep                | sweep                | the eviction sweep's lease             |
+| pendingputs          | pendingputs          | list: answers PostgreSQL could not     |
+|                      |                      | take yet (cache.pending)               |
 | leases               | leases               | sorted set: keys with an attempt in    |
 |                      |                      | flight, by lease expiry (the gauge)    |
 
@@ -134,6 +136,10 @@ class Keyspace:
     @property
     def sweep(self) -> str:
         return f"{self.prefix}sweep"
+
+    @property
+    def pendingputs(self) -> str:
+        return f"{self.prefix}pendingputs"
 
     @property
     def leases(self) -> str:

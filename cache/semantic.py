@@ -15,6 +15,7 @@ The search is exact cosine (vectors are L2-normalised, so a dot product) behind
 
 from __future__ import annotations
 
+import logging
 import struct
 import threading
 import uuid
@@ -27,8 +28,14 @@ import redis
 
 from cache.keyspace import Keyspace
 
+log = logging.getLogger(__name__)
+
 DIM = 384
 _MAX_LOG = 100_000  # approximate length the change log is trimmed to
+
+
+class SourceUnavailable(Exception):
+    """The index had to load its vectors and the source (PostgreSQL) did not give them."""
 
 
 @dataclass(frozen=True)
@@ -135,9 +142,15 @@ class SemanticIndex:
         )
 
     def search(self, namespace: str, vector: np.ndarray, k: int = 3) -> list[Candidate]:
-        """The k nearest entries of `namespace`, best first, after catching up with the log."""
+        """The k nearest entries of `namespace`, best first, after catching up with the log.
+        An index that must load and cannot (its source is out of reach) has no candidates:
+        the prompt is a miss, and the next search tries the load again."""
         with self._lock:
-            self.sync()
+            try:
+                self.sync()
+            except SourceUnavailable as exc:
+                log.warning("semantic index not loaded (%s): no candidates for now", exc)
+                return []
             space = self._spaces.get(namespace)
             return space.search(np.asarray(vector, dtype=np.float32), k) if space else []
 
@@ -183,14 +196,16 @@ class SemanticIndex:
         # The epoch names this life of the log: a flush deletes it, and every process
         # notices on its next sync that it must reload.
         self.client.set(self.epoch_key, uuid.uuid4().hex, nx=True)
-        self._epoch = self.client.get(self.epoch_key)
+        epoch = self.client.get(self.epoch_key)
         last: Any = self.client.xrevrange(self.log_key, count=1)
         start = last[0][0].decode() if last else "0-0"
         spaces: dict[str, _Namespace] = {}
-        for namespace, key, prompt, vector in self.source():
-            spaces.setdefault(namespace, _Namespace()).add(key, prompt, vector)
-        self._spaces = spaces
-        self._last_id = start
+        try:  # streamed: the rows are never all in memory twice
+            for namespace, key, prompt, vector in self.source():
+                spaces.setdefault(namespace, _Namespace()).add(key, prompt, vector)
+        except Exception as exc:  # nothing changed here: the next sync loads again
+            raise SourceUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        self._epoch, self._spaces, self._last_id = epoch, spaces, start
         self.sync()
 
     def _trimmed_past(self) -> bool:

@@ -41,7 +41,8 @@ class WakeupHub:
             self._thread = threading.Thread(target=self._run, name="wakeup-hub", daemon=True)
             self._thread.start()
         if not self._ready.wait(timeout):
-            raise TimeoutError("could not subscribe to wake-ups in time")
+            # A Redis fault like any other (a 503), not a bug of ours (a 500).
+            raise redis.TimeoutError("could not subscribe to wake-ups in time")
 
     @contextmanager
     def watch(self, exact_key: str) -> Iterator[queue.SimpleQueue[Outcome]]:

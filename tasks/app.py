@@ -2,5 +2,9 @@
 
 from celery import Celery
 
+from tasks import broker
+
+broker.install()  # a lost broker costs a reconnect, never the worker (tasks/broker.py)
+
 app = Celery("flock", include=["tasks.answer", "tasks.sweeper", "tasks.control"])
 app.config_from_object("celeryconfig")

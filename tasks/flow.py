@@ -16,12 +16,14 @@ from contextlib import contextmanager
 from dataclasses import replace
 
 import numpy as np
+import psycopg
 
 from cache import Entry, Outcome
 from cache.audit import choose_threshold
 from cache.inflight import InFlight
 from cache.job import EXACT, MISS, SEMANTIC, AuditJob, EmbedJob, Job
 from cache.lease import Follower
+from cache.pending import PendingPut
 from cache.semantic import Candidate
 from cache.verify import (
     Check,
@@ -118,11 +120,31 @@ def generate(res: Resources, job: Job) -> None:
         # The record first (PostgreSQL), then the index, then the hot copy and the
         # wake-up: whoever no longer sees our announcement finds the entry.
         vector = np.asarray(job.embedding, dtype=np.float32) if job.embedding else None
-        res.repo.put(entry, job.ttl, vector, job.owner_id, job.scope == "private")
-        if vector is not None:
+        if _record(res, job, entry, vector) and vector is not None:
             res.index.add(job.namespace, key, job.prompt, vector)
     res.store.finish(key, Outcome(attempt=attempt, entry=entry, status=MISS), job.ttl)
     _withdraw(res, job)
+
+
+def _record(res: Resources, job: Job, entry: Entry, vector: np.ndarray | None) -> bool:
+    """PostgreSQL's record of the answer. When PostgreSQL is out of reach the answer is not
+    lost: the put waits in Redis for the sweeper (cache/pending.py), which also indexes it,
+    and the answer goes out now. An answer PostgreSQL refuses for good (text it cannot hold)
+    is served and kept in Redis, unrecorded. Returns whether it was recorded."""
+    assert job.ttl is not None
+    put = PendingPut(entry, job.ttl, vector, job.owner_id, job.scope == "private")
+    try:
+        res.pg.call(res.repo.put, put.entry, put.ttl_s, put.vector, put.owner_id, put.private)
+        return True
+    except psycopg.OperationalError as exc:
+        log.warning("PostgreSQL did not take the answer of %s (%s); recorded later",
+                    job.key[:12], exc)  # fmt: skip
+        res.pending.push(put)
+        return False
+    except psycopg.Error as exc:  # this answer it will never take (a NUL in its text)
+        log.error("PostgreSQL refused the answer of %s (%s); served from Redis only",
+                  job.key[:12], exc)  # fmt: skip
+        return False
 
 
 def embed(res: Resources, job: EmbedJob) -> None:
@@ -326,7 +348,11 @@ def _served_from_cache(res: Resources, job: Job, durable: bool = True) -> bool:
     alias. The outcome carries an alias's similarity, for the waiters to judge it too."""
     if job.mode != "use":
         return False
-    entry = _load(res, job.key) if durable else res.store.get(job.key)
+    try:
+        entry = res.pg.call(_load, res, job.key) if durable else res.store.get(job.key)
+    except psycopg.OperationalError as exc:  # no record to read: the LLM answers
+        log.warning("PostgreSQL out of reach looking up %s: %s", job.key[:12], exc)
+        entry = res.store.get(job.key)
     if entry is None or not entry.serves(job.key, job.threshold):
         return False
     outcome = Outcome(attempt=job.attempt, entry=entry, status=EXACT,

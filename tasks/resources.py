@@ -9,10 +9,12 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
 
+import psycopg
 import redis
 from celery.signals import celeryd_init, worker_process_init, worker_ready
 from psycopg_pool import ConnectionPool
@@ -20,6 +22,7 @@ from psycopg_pool import ConnectionPool
 from cache import EmbeddingCache, ExactStore, InFlightPrompts, Keyspace, Lease, SemanticIndex
 from cache.audit import Calibration, choose_threshold
 from cache.job import AuditJob
+from cache.pending import PendingPuts
 from cache.repo import CacheRepo
 from cache.tokens import TokenWriter
 from cache.verify import Verifier
@@ -33,7 +36,40 @@ from inference import (
     load_embedder,
 )
 from inference.pair_model import PairModel
-from settings import Settings, current
+from settings import Settings, current, pg_configure, pg_connection_kwargs, redis_timeouts
+
+T = TypeVar("T")
+
+
+class Outage:
+    """PostgreSQL out of reach, remembered for `hold_s`: meanwhile each call through here
+    fails at once (psycopg.OperationalError) instead of waiting a pool timeout for a
+    connection, so a PostgreSQL outage costs an answer one wait, not one per read."""
+
+    def __init__(self, hold_s: float = 5.0) -> None:
+        self.hold_s = hold_s
+        self._until = 0.0
+
+    def _check(self) -> None:
+        if time.monotonic() < self._until:
+            raise psycopg.OperationalError("PostgreSQL was out of reach moments ago")
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        self._check()
+        try:
+            return fn(*args)
+        except psycopg.OperationalError:
+            self._until = time.monotonic() + self.hold_s
+            raise
+
+    def rows(self, source: Callable[[], Iterator[T]]) -> Iterator[T]:
+        """`source`'s rows, through the same memory of an outage."""
+        self._check()
+        try:
+            yield from source()
+        except psycopg.OperationalError:
+            self._until = time.monotonic() + self.hold_s
+            raise
 
 
 @dataclass(frozen=True)
@@ -57,15 +93,27 @@ class Resources:
     audit_rate: float  # AUDIT_RATE: the share of semantic hits audited
     send_audit: Callable[[AuditJob], None]  # queues flock.audit
     llm_band: float | None = None  # LLM_VERIFY_BAND: see tasks.flow._second_opinion
+    pg: Outage = field(default_factory=Outage)  # PostgreSQL calls that must not wait twice
+
+    @property
+    def pending(self) -> PendingPuts:
+        """Answers PostgreSQL could not take yet, for the sweeper to write (cache/pending.py)."""
+        return PendingPuts(self.redis, self.keys)
 
     def namespace_threshold(self, namespace: str) -> float:
         """What wrong hits raised this namespace's threshold to (0 when none did). Kept in
-        Redis for every lookup; reloaded from PostgreSQL when Redis lost it."""
+        Redis for every lookup; reloaded from PostgreSQL when Redis lost it. Unknown (Redis
+        lost it and PostgreSQL is out of reach): 1.0, only identical prompts match."""
         key = self.keys.nsthreshold
         value, loaded = self.redis.hmget(key, [namespace, "_loaded"])
         if loaded is None:
+            try:
+                known = self.pg.call(self.repo.namespace_thresholds)
+            except psycopg.OperationalError as exc:
+                log.warning("namespace thresholds unknown (%s): exact matches only", exc)
+                return 1.0
             self.redis.hset(key, mapping={"_loaded": "1", **{
-                ns: str(t) for ns, t in self.repo.namespace_thresholds().items()}})  # fmt: skip
+                ns: str(t) for ns, t in known.items()}})  # fmt: skip
             value = self.redis.hget(key, namespace)
         return float(value) if value is not None else 0.0
 
@@ -73,13 +121,18 @@ class Resources:
         """The pair model's acceptance threshold in this namespace: learned from its audits
         (tasks.flow.audit keeps it in Redis); the offline operating point for
         SEMANTIC_MAX_ERROR where none was learned. Reloaded from PostgreSQL when Redis
-        lost it."""
+        lost it; unknown (PostgreSQL out of reach too): 1.0, the strictest."""
         key = self.keys.scorethreshold
         value, loaded = self.redis.hmget(key, [namespace, "_loaded"])
         if loaded is None:
+            try:
+                recent = self.pg.call(self.repo.recent_audits)
+            except psycopg.OperationalError as exc:
+                log.warning("score thresholds unknown (%s): the strictest for now", exc)
+                return 1.0
             learned: dict[str | bytes, str] = {
                 ns: str(choose_threshold(audits, self.max_error, self.calibration))
-                for ns, audits in self.repo.recent_audits().items()
+                for ns, audits in recent.items()
             }
             self.redis.hset(key, mapping={"_loaded": "1", **learned})  # type: ignore[dict-item]
             value = learned.get(namespace)
@@ -110,13 +163,22 @@ def resources() -> Resources:
 
 def _build() -> Resources:
     conf = current()
-    client = redis.Redis.from_url(conf.redis_url, health_check_interval=30)
+    client = redis.Redis.from_url(conf.redis_url, **redis_timeouts(conf.redis_timeout_s))
     keys = Keyspace(conf.flock_key_prefix)
     lease = Lease(client, keys, conf.lock_lease_ms)
+    # A connection within a third of the lease, or PostgreSQL counts as out of reach (a
+    # task then answers without it: tasks/flow.py); the lease outlives the wait.
     pool = ConnectionPool(
-        conf.database_url, min_size=1, max_size=4, kwargs={"autocommit": True}, open=True
+        conf.database_url,
+        min_size=1,
+        max_size=4,
+        kwargs=pg_connection_kwargs(),
+        configure=pg_configure,
+        timeout=max(1.0, conf.lock_lease_ms / 3000),
+        open=True,
     )
     repo = CacheRepo(pool)
+    pg = Outage()
     pair = PairModel()
     thresholds, error = pair.calibration()
     calibration = Calibration(tuple(thresholds), tuple(error))
@@ -126,7 +188,7 @@ def _build() -> Resources:
         lease=lease,
         store=ExactStore(client, keys, lease),
         repo=repo,
-        index=SemanticIndex(client, keys, repo.vectors),
+        index=SemanticIndex(client, keys, lambda: pg.rows(repo.vectors)),
         inflight=InFlightPrompts(client, keys),
         embeddings=EmbeddingCache(client, keys),
         tokens=TokenWriter(client, keys),
@@ -142,6 +204,7 @@ def _build() -> Resources:
         audit_rate=conf.audit_rate,
         send_audit=_send_audit,
         llm_band=conf.llm_verify_band,
+        pg=pg,
     )
 
 

@@ -37,6 +37,14 @@ def _run(interval_s: float, max_entries: int) -> None:
                 sweep(res.repo, res.store, res.index, max_entries)
         except Exception as exc:  # the next round may find Redis or PostgreSQL back
             log.error("sweep failed: %s", exc)
+        try:
+            # Answers PostgreSQL could not take: every worker tries (no lease), so one
+            # whose PostgreSQL is out of reach never holds them back; a put is idempotent.
+            res = resources()
+            if len(res.pending):
+                res.pg.call(res.pending.retry, res.repo, res.index)
+        except Exception as exc:
+            log.error("pending answers not recorded yet: %s", exc)
         threading.Event().wait(interval_s)
 
 

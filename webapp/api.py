@@ -48,7 +48,8 @@ def chat_view() -> ResponseReturnValue:
 
 
 def _events(call: Call, lookup: chat.Lookup | None) -> Iterator[str]:
-    for event, data in streaming.relay(call.svc, call.key, lambda p: call.ask(p, lookup)):
+    ask = lambda p: call.ask(p, lookup)  # noqa: E731
+    for event, data in streaming.relay(call.svc, call.key, ask, call.timeout_s):
         if event == "meta":
             yield streaming.sse("meta", {**data, "threshold": call.threshold, "id": call.id,
                                          "model": call.req.model})  # fmt: skip

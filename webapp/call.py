@@ -135,7 +135,7 @@ class Call:
 
         Reads the relay up to its first event before any byte is sent, so that X-Cache
         can be a header and a failure that comes first still gets its HTTP status."""
-        events = streaming.relay(self.svc, self.key, lambda p: self.ask(p, lookup))
+        events = streaming.relay(self.svc, self.key, lambda p: self.ask(p, lookup), self.timeout_s)
         first = next(events)
         if first[0] == "error":
             raise first[1]

@@ -36,6 +36,7 @@ def from_settings(s: Settings) -> dict[str, Any]:
         "REQUEST_TIMEOUT_S": s.request_timeout_s,
         "MAX_PROMPT_CHARS": s.max_prompt_chars,
         "REDIS_MAX_CONNECTIONS": s.redis_max_connections,
+        "REDIS_TIMEOUT_S": s.redis_timeout_s,
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
         "SESSION_COOKIE_SECURE": s.session_cookie_secure,

@@ -8,6 +8,8 @@ import logging
 from flask import Flask, current_app
 from psycopg_pool import ConnectionPool
 
+from settings import pg_configure, pg_connection_kwargs
+
 log = logging.getLogger(__name__)
 
 
@@ -18,7 +20,8 @@ def init_app(app: Flask) -> None:
         max_size=app.config["DATABASE_POOL_SIZE"],
         timeout=10,
         open=False,
-        kwargs={"autocommit": True},
+        kwargs=pg_connection_kwargs(),
+        configure=pg_configure,
     )
     pool.open(wait=False)
     app.extensions["flock.db"] = pool

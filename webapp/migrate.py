@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psycopg
 
-from settings import Settings
+from settings import PG_CONNECT_TIMEOUT_S, Settings
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _LOCK_ID = 0x466C6F636B  # "Flock": the advisory lock every migration run takes
@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 def migrate(database_url: str) -> list[str]:
     """Apply what is missing; return the versions applied now."""
     applied_now = []
-    with psycopg.connect(database_url, autocommit=True) as conn:
+    with psycopg.connect(
+        database_url, autocommit=True, connect_timeout=PG_CONNECT_TIMEOUT_S
+    ) as conn:
         conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
             " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"

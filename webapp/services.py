@@ -18,6 +18,7 @@ from cache.ratelimit import RateLimiter
 from cache.repo import CacheRepo, Removed
 from cache.store import forget_everywhere
 from cache.tokens import TokenHub, TokenWriter
+from settings import redis_timeouts
 from tasks.app import app as celery_app
 from webapp import db
 from webapp.reqlog import RequestLog
@@ -65,13 +66,16 @@ def init_app(app: Flask) -> None:
         cfg["REDIS_URL"],
         max_connections=cfg["REDIS_MAX_CONNECTIONS"],
         timeout=cfg["REQUEST_TIMEOUT_S"],
+        **redis_timeouts(cfg["REDIS_TIMEOUT_S"]),
     )
     client = redis.Redis(connection_pool=redis_pool)
     keys = Keyspace(cfg["KEY_PREFIX"])
     lease = Lease(client, keys, cfg["LOCK_LEASE_MS"])
     store = ExactStore(client, keys, lease)
     # The subscriber holds its connection for good: give it its own, outside the pool.
-    hub = WakeupHub(redis.Redis.from_url(cfg["REDIS_URL"], health_check_interval=30), keys)
+    timeouts = redis_timeouts(cfg["REDIS_TIMEOUT_S"])
+    # Its wait for messages is get_message(timeout=...), which the read timeout does not cut.
+    hub = WakeupHub(redis.Redis.from_url(cfg["REDIS_URL"], **timeouts), keys)
     celery_app.conf.broker_url = cfg["CELERY_BROKER_URL"]
     pool = db.pool_of(app)
     repo = CacheRepo(pool)
@@ -87,7 +91,7 @@ def init_app(app: Flask) -> None:
         limiter=RateLimiter(client, keys, cfg["REQUESTS_PER_MINUTE"]),
         log=RequestLog(pool, cfg["REQUEST_LOG_INTERVAL_S"]),
         tokens=TokenHub(
-            redis.Redis.from_url(cfg["REDIS_URL"], health_check_interval=30),
+            redis.Redis.from_url(cfg["REDIS_URL"], **timeouts),  # its XREAD blocks for 0.1 s
             TokenWriter(client, keys),
         ),
         auth_limiter=RateLimiter(client, keys, cfg["AUTH_ATTEMPTS_PER_MINUTE"]),

@@ -22,10 +22,13 @@ from typing import Any
 
 from cache import CacheKey
 from webapp.chat import Answer, Progress
-from webapp.errors import ApiError, LLMFailed, as_api_error
+from webapp.errors import ApiError, LLMFailed, WaitTimeout, as_api_error
 from webapp.services import Services
 
 HEARTBEAT_S = 10.0
+# The relay gives the answer this long past the request's own deadline (the answer reports
+# its own timeout, or a failure, first; this is for an answer stuck in a Redis call).
+DEADLINE_GRACE_S = 1.0
 Event = tuple[str, Any]
 
 
@@ -34,16 +37,23 @@ def chunks(text: str) -> list[str]:
     return re.findall(r"\S+\s*|\s+", text)
 
 
-def relay(svc: Services, key: CacheKey, ask: Callable[[Progress], Answer]) -> Iterator[Event]:
-    """Events of one streamed answer; the last is ("done", Answer) or ("error", ApiError)."""
+def relay(
+    svc: Services, key: CacheKey, ask: Callable[[Progress], Answer], timeout_s: float
+) -> Iterator[Event]:
+    """Events of one streamed answer; the last is ("done", Answer) or ("error", ApiError),
+    within `timeout_s` (REQUEST_TIMEOUT_S) and a grace: a stream never outlives its
+    request's deadline, whatever the answer is stuck in."""
     progress = Progress()
     result: queue.SimpleQueue[Answer | ApiError] = queue.SimpleQueue()
+    deadline = time.monotonic() + timeout_s + DEADLINE_GRACE_S
 
     def run() -> None:
         try:
             result.put(ask(progress))
-        except Exception as exc:  # every failure reaches the reader, as its ApiError
+        except BaseException as exc:  # every failure reaches the reader, as its ApiError
             result.put(as_api_error(exc))
+            if not isinstance(exc, Exception):
+                raise
 
     threading.Thread(target=run, name="stream-ask", daemon=True).start()
     sent: list[str] = []
@@ -57,6 +67,9 @@ def relay(svc: Services, key: CacheKey, ask: Callable[[Progress], Answer]) -> It
                 break
             except queue.Empty:
                 pass
+            if time.monotonic() > deadline:
+                final = WaitTimeout(f"no answer within {timeout_s:g} s")
+                break
             if not progress.looked_up.wait(0.05):
                 continue  # not before the exact lookup: a cached answer is no live one
             try:
