@@ -401,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cpu_seconds": round(time.process_time() - started, 1),
     }
     print(json.dumps(summary, separators=(",", ":")))
-    return 0
+    return 0 if all(passed.values()) else 1
 
 
 if __name__ == "__main__":
