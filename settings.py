@@ -82,7 +82,7 @@ class Settings:
     llm_max_retries: int = 2
     llm_retry_backoff_s: float = 0.5
     llm_verify_band: float | None = None  # the uncertain band; None: off
-    semantic_max_error: float = 0.02  # the share of wrong semantic hits the audits aim under
+    semantic_max_error: float = 0.2  # the share of wrong semantic hits the audits aim under
     audit_rate: float = 0.05  # the share of semantic hits audited (answered again); 0: none
     # caching and waiting
     semantic_threshold: float = 0.8

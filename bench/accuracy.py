@@ -346,6 +346,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="subsample QQP and retrieval")
     parser.add_argument("--calibrate", action="store_true", help="write into the manifest")
     parser.add_argument("--model-dir", type=Path, default=MODEL_DIR, help="the pair model")
+    parser.add_argument(
+        "--at",
+        type=float,
+        nargs=2,
+        metavar=("COSINE", "SCORE"),
+        help="report (and calibrate) at this point instead of choosing one",
+    )
     args = parser.parse_args(argv)
     if args.quick and args.calibrate:
         parser.error("--calibrate needs the full val split, not --quick")
@@ -363,6 +370,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     curve = curves(sets["qqp_val"])
     show_curves(curve)
     t_cos, t_score, goal = choose_point(sets["qqp_val"], args.target_precision)
+    if args.at:
+        t_cos, t_score = args.at
+        goal = sets["qqp_val"].rates("verifier", t_cos, t_score)["precision"]
     if goal != args.target_precision:
         log(f"precision {args.target_precision} out of reach on val: fell back to {goal}")
     log(f"operating point: cosine {t_cos}, score {t_score}")

@@ -30,7 +30,7 @@ def test_a_wrong_semantic_hit_tightens_its_namespace(stack, standin, stack_env):
     admin = create_user(stack_env, f"acc-admin-{uuid.uuid4().hex[:6]}", admin=True)
     ns = fresh_namespace()
     first = "How long should I boil an egg?"
-    reworded = "How many minutes should I boil an egg?"
+    reworded = "How long should an egg be boiled?"
     assert post_chat(stack.url, {"prompt": first, **ns}).json()["cache"]["status"] == "miss"
     hit = post_chat(stack.url, {"prompt": reworded, **ns}).json()
     assert hit["cache"]["status"] == "semantic"
@@ -110,7 +110,7 @@ def test_audits_answer_hits_again_off_the_request_path(stack, standin):
         first = "How long should I rest a steak after grilling it?"
         assert post_chat(stack.url, {"prompt": first, **ns}).json()["cache"]["status"] == "miss"
         hit = post_chat(
-            stack.url, {"prompt": "How long should I let a steak rest after grilling?", **ns}
+            stack.url, {"prompt": "How long do I rest a steak after grilling it?", **ns}
         )
         assert hit.json()["cache"]["status"] == "semantic"  # answered before any audit
         deadline = time.monotonic() + 30

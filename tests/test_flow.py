@@ -35,6 +35,7 @@ from cache.tokens import TokenWriter
 from cache.verify import Verifier
 from inference import OllamaClient
 from inference.pair_model import PairModel
+from settings import Settings
 from tasks import flow
 from tasks.resources import Resources
 from tests.stack import ROOT
@@ -42,6 +43,7 @@ from tests.stack import ROOT
 pytestmark = pytest.mark.slow  # loads MiniLM in the test process
 MODEL = "llama3.2:1b"
 AUDITS: list[AuditJob] = []  # what `answer` queued for the audit worker
+MAX_ERROR = Settings().semantic_max_error  # the default
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +68,9 @@ def res(redis_client: redis.Redis, database: str, standin) -> Iterator[Resources
             max_retries=0,
             retry_backoff_s=0.1,
             embed_cache_dir=str(ROOT / "var" / "models"),
-            verifier=Verifier(pair.score, score_threshold=calibration.operating_point(0.02)),
+            verifier=Verifier(pair.score, score_threshold=calibration.operating_point(MAX_ERROR)),
             calibration=calibration,
-            max_error=0.02,
+            max_error=MAX_ERROR,
             audit_rate=0.0,
             send_audit=AUDITS.append,
         )
@@ -162,7 +164,8 @@ def test_the_semantic_path_serves_a_paraphrase_and_refuses_a_trap(res, standin, 
     assert got.matched_prompt == first.prompt and got.similarity >= 0.8
     assert {c["name"]: c["passed"] for c in got.checks or []}["pair_model"] is True
     alias = res.store.get(reworded.key)  # an exact alias, at the similarity it was made at
-    assert replace(alias, similarity=None) == stored and alias.similarity == got.similarity
+    assert replace(alias, similarity=None, threshold=None) == stored
+    assert (alias.similarity, alias.threshold) == (got.similarity, 0.8)
     assert res.redis.get(res.keys.lock(reworded.key)) is None  # released
 
     trap = job_for(res, "How many calories are in 3 boiled eggs?", seed)

@@ -146,8 +146,8 @@ def test_an_answer_stored_through_one_host_is_a_semantic_hit_through_the_other(
     wordings = [
         f"How long do I need to boil a {t} egg?",
         f"For how long should a {t} egg be boiled?",
-        f"How many minutes should I boil a {t} egg?",
-        f"What's the right time to boil a {t} egg?",
+        f"How long must I boil a {t} egg?",
+        f"How long to boil a {t} egg?",
     ]
     standin.configure(latency_s=1.0)
     try:

@@ -113,8 +113,8 @@ def test_an_entry_stored_through_one_embedder_is_served_through_another(stack, s
         wordings = [
             f"How long do I need to boil a {t} egg?",
             f"For how long should a {t} egg be boiled?",
-            f"How many minutes should I boil a {t} egg?",
-            f"What's the right time to boil a {t} egg?",
+            f"How long must I boil a {t} egg?",
+            f"How long to boil a {t} egg?",
         ]
         statuses = [ask(stack, ns, w).json()["cache"]["status"] for w in wordings]
         assert statuses == ["semantic"] * 4
