@@ -1,0 +1,84 @@
+"""What Redis holds grows with what it should, and by a bounded amount: N distinct
+questions cost about their answers' bytes each, in the key families that hold answers
+(docs/DEPLOY.md, "What grows with what")."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import redis
+
+from settings import current
+from tests.conftest import fresh_namespace, nonsense_word, post_many
+
+N = 300
+PREFIX = current().flock_key_prefix
+# What one answered question may add to Redis beyond its answer's own characters: the
+# entry's JSON around it (ids, key, namespace, prompt) and its cached embedding (384
+# float32 in a string), plus Redis's overhead per key; for two minutes, its token stream
+# (a small stream costs Redis about 4.5 KB whatever it holds). Measured: docs/DEPLOY.md.
+OVERHEAD_PER_ENTRY = 4096
+STREAM_OVERHEAD = 8192
+# Families that may grow with the number of distinct questions; everything else must not.
+GROWS = {"resp", "emb", "aliases"}
+# One key each whose length is capped, whatever the number of questions: the semantic
+# index's change log (trimmed to about 100,000 records, cache/semantic.py).
+CAPPED = {"semlog"}
+# ... and those that grow with the questions of the last few minutes only: their keys
+# expire (seconds at most). A token stream lingers for late joiners (cache/tokens.py).
+TRANSIENT = {"stream": 120}
+
+
+def family(name: bytes) -> str:
+    rest = name.decode()[len(PREFIX) :]
+    return rest.split(":", 1)[0]
+
+
+def snapshot(client: redis.Redis) -> tuple[Counter, Counter, dict[str, int]]:
+    """Keys and bytes (MEMORY USAGE, every element sampled) by family, Flock's keys only,
+    and the longest time to live in each family (-1: a key without one)."""
+    keys: Counter = Counter()
+    size: Counter = Counter()
+    ttl: dict[str, int] = {}
+    for name in client.scan_iter(match=f"{PREFIX}*", count=1000):
+        used, left = client.memory_usage(name, samples=0), client.ttl(name)
+        if used is None or left == -2:  # expired between SCAN and here
+            continue
+        f = family(name)
+        keys[f] += 1
+        size[f] += used
+        ttl[f] = -1 if -1 in (left, ttl.get(f)) else max(left, ttl.get(f, 0))
+    return keys, size, ttl
+
+
+def test_bytes_per_distinct_question_stay_bounded(stack, redis_client):
+    before_keys, before_size, _ = snapshot(redis_client)
+    ns = fresh_namespace()
+    bodies = [
+        {"prompt": f"Who invented the {nonsense_word()} and why is it {nonsense_word()}?", **ns}
+        for _ in range(N)
+    ]
+    answers = post_many(stack.url, bodies, workers=12)
+    assert all(r.status_code == 200 for r in answers), [r.text for r in answers if not r.ok][:3]
+    answer_chars = sum(len(r.json()["message"]["content"]) for r in answers) / N
+    after_keys, after_size, after_ttl = snapshot(redis_client)
+
+    grown = {f: after_keys[f] - before_keys[f] for f in after_keys | before_keys}
+    allowed = GROWS | CAPPED | set(TRANSIENT)
+    unexpected = {f: n for f, n in grown.items() if n > 2 and f not in allowed}
+    assert not unexpected, f"key families that grew with the questions: {unexpected}"
+    for f, longest in TRANSIENT.items():
+        assert 0 <= after_ttl.get(f, 0) <= longest, (f, after_ttl.get(f))
+    assert grown.get("resp", 0) >= N * 0.95  # every question is cached (a few may be hits)
+
+    by_family = {f: round((after_size[f] - before_size[f]) / N) for f in after_size}
+    lasting = sum(n for f, n in by_family.items() if f in GROWS)
+    passing = sum(n for f, n in by_family.items() if f in TRANSIENT)
+    print(
+        f"\n{N} questions, answers of {answer_chars:.0f} characters: {lasting} bytes each in"
+        f" Redis for good, {passing} more for {max(TRANSIENT.values())} s, {by_family['semlog']}"
+        f" in the capped change log; by family: {json.dumps(by_family)}"
+    )
+    assert lasting < answer_chars + OVERHEAD_PER_ENTRY, by_family
+    assert passing < answer_chars + STREAM_OVERHEAD, by_family
