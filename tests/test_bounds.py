@@ -5,12 +5,16 @@ questions cost about their answers' bytes each, in the key families that hold an
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 
 import redis
+import requests
 
+from cache.keyspace import Keyspace
 from settings import current
-from tests.conftest import fresh_namespace, nonsense_word, post_many
+from tests.conftest import auth, fresh_namespace, nonsense_word, post_many
+from webapp import jobs
 
 N = 300
 PREFIX = current().flock_key_prefix
@@ -82,3 +86,41 @@ def test_bytes_per_distinct_question_stay_bounded(stack, redis_client):
     )
     assert lasting < answer_chars + OVERHEAD_PER_ENTRY, by_family
     assert passing < answer_chars + STREAM_OVERHEAD, by_family
+
+
+def wait_done(url: str, job_id: str, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        body = requests.get(f"{url}/api/v1/jobs/{job_id}", headers=auth(), timeout=10).json()
+        if body["state"] != "pending" or time.monotonic() > deadline:
+            return body
+        time.sleep(0.1)
+
+
+def test_a_job_record_keeps_what_its_poller_needs(stack, standin, redis_client):
+    keys = Keyspace(PREFIX)
+    standin.configure(latency_s=0.5)
+    body = {"prompt": f"Why do {nonsense_word()} hum?", "wait": False, **fresh_namespace()}
+    job = requests.post(f"{stack.url}/api/v1/chat", json=body, headers=auth(), timeout=10).json()
+    pending = json.loads(redis_client.get(keys.job(job["id"])))
+    assert "job" in pending  # what dispatches it again if its worker dies
+    assert 0 < redis_client.ttl(keys.job(job["id"])) <= jobs.JOB_PENDING_TTL_S
+
+    done = wait_done(stack.url, job["id"])
+    assert done["state"] == "done", done
+    record = json.loads(redis_client.get(keys.job(job["id"])))
+    assert set(record) == {"user_id", "status", "key", "matched", "entry"}  # no job, no options
+    assert record["entry"]["response"] == done["answer"]["message"]["content"]
+    assert 0 < redis_client.ttl(keys.job(job["id"])) <= jobs.JOB_DONE_TTL_S
+    again = wait_done(stack.url, job["id"])  # the poller reads the same answer again
+    assert again["answer"]["message"] == done["answer"]["message"]
+    assert again["answer"]["cache"]["status"] == done["answer"]["cache"]["status"] == "miss"
+
+    standin.configure(fail_status=404)
+    body = {"prompt": f"Why do {nonsense_word()} hum?", "wait": False, **fresh_namespace()}
+    job = requests.post(f"{stack.url}/api/v1/chat", json=body, headers=auth(), timeout=10).json()
+    failed = wait_done(stack.url, job["id"])
+    assert failed["state"] == "error" and failed["error"]["code"] == "llm_rejected"
+    record = json.loads(redis_client.get(keys.job(job["id"])))
+    assert set(record) == {"user_id", "error"}
+    assert wait_done(stack.url, job["id"])["error"] == failed["error"]
