@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections import Counter
+from collections.abc import Iterator
 
+import pytest
 import redis
 import requests
 
 from cache.keyspace import Keyspace
 from settings import current
-from tests.conftest import auth, fresh_namespace, nonsense_word, post_many
+from tests.conftest import auth, create_user, fresh_namespace, nonsense_word, post_many
+from tests.stack import Stack
 from webapp import jobs
 
 N = 300
@@ -124,3 +128,42 @@ def test_a_job_record_keeps_what_its_poller_needs(stack, standin, redis_client):
     record = json.loads(redis_client.get(keys.job(job["id"])))
     assert set(record) == {"user_id", "error"}
     assert wait_done(stack.url, job["id"])["error"] == failed["error"]
+
+
+def post_embed(url: str, texts: list[str], key: str | None = None) -> requests.Response:
+    return requests.post(
+        f"{url}/api/v1/embed", json={"input": texts}, headers=auth(key), timeout=60
+    )
+
+
+def test_embeddings_requests_are_bounded_and_their_results_read_once(stack, redis_client):
+    words = [f"{nonsense_word()} {i}" for i in range(64)]
+    assert post_embed(stack.url, words).status_code == 200  # EMBED_MAX_TEXTS, the default
+    assert not list(redis_client.scan_iter(match=f"{PREFIX}embres:*"))  # deleted once read
+    for texts in ([*words, "one more"], ["x" * 2000] * 33):  # 65 texts; 66,000 characters
+        resp = post_embed(stack.url, texts)
+        assert resp.status_code == 413, resp.text[:300]
+        assert resp.json()["error"]["code"] == "too_large"
+    resp = requests.post(f"{stack.url}/v1/embeddings", json={"input": [*words, "more"]},
+                         headers=auth(), timeout=60)  # fmt: skip
+    assert resp.status_code == 413 and resp.json()["error"]["code"] == "too_large"
+
+
+@pytest.fixture
+def strict_web(stack_env, stack, tmp_path) -> Iterator[tuple[Stack, str]]:
+    """A web process of the test stack's whose callers get 20 requests a minute."""
+    web = Stack(env={**stack_env, "REQUESTS_PER_MINUTE": "20"}, logdir=tmp_path)
+    try:
+        web.start_web(workers=1)
+        yield web, create_user(stack_env, f"counted-{uuid.uuid4().hex[:6]}")
+    finally:
+        web.stop()
+
+
+def test_each_text_costs_a_token_of_the_rate_limit(strict_web):
+    web, key = strict_web
+    assert post_embed(web.url, [nonsense_word() for _ in range(15)], key).status_code == 200
+    over = post_embed(web.url, [nonsense_word() for _ in range(10)], key)  # ~5 tokens left
+    assert over.status_code == 429, over.text[:300]
+    assert over.json()["error"]["code"] == "rate_limited" and int(over.headers["Retry-After"]) >= 1
+    assert post_embed(web.url, [nonsense_word() for _ in range(4)], key).status_code == 200
