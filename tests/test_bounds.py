@@ -79,6 +79,8 @@ def test_bytes_per_distinct_question_stay_bounded(stack, redis_client):
     for f, longest in TRANSIENT.items():
         assert 0 <= after_ttl.get(f, 0) <= longest, (f, after_ttl.get(f))
     assert grown.get("resp", 0) >= N * 0.95  # every question is cached (a few may be hits)
+    # A text's vector lives EMBED_CACHE_TTL, not as long as the entries it served.
+    assert 0 < after_ttl["emb"] <= current().embed_cache_ttl
 
     by_family = {f: round((after_size[f] - before_size[f]) / N) for f in after_size}
     lasting = sum(n for f, n in by_family.items() if f in GROWS)
