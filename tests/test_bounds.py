@@ -151,15 +151,53 @@ def test_embeddings_requests_are_bounded_and_their_results_read_once(stack, redi
     assert resp.status_code == 413 and resp.json()["error"]["code"] == "too_large"
 
 
-@pytest.fixture
-def strict_web(stack_env, stack, tmp_path) -> Iterator[tuple[Stack, str]]:
-    """A web process of the test stack's whose callers get 20 requests a minute."""
-    web = Stack(env={**stack_env, "REQUESTS_PER_MINUTE": "20"}, logdir=tmp_path)
+def other_web(stack_env: dict[str, str], logdir, **env: str) -> Iterator[tuple[Stack, str]]:
+    """A web process on the test stack's Redis and workers with settings of its own, and a
+    user of its own."""
+    web = Stack(env={**stack_env, **env}, logdir=logdir)
     try:
         web.start_web(workers=1)
-        yield web, create_user(stack_env, f"counted-{uuid.uuid4().hex[:6]}")
+        yield web, create_user(stack_env, f"other-{uuid.uuid4().hex[:6]}")
     finally:
         web.stop()
+
+
+@pytest.fixture
+def strict_web(stack_env, stack, tmp_path) -> Iterator[tuple[Stack, str]]:
+    """Its callers get 20 requests a minute."""
+    yield from other_web(stack_env, tmp_path, REQUESTS_PER_MINUTE="20")
+
+
+@pytest.fixture
+def roomy_web(stack_env, stack, tmp_path) -> Iterator[tuple[Stack, str]]:
+    """Its prompts may be 200,000 characters long."""
+    yield from other_web(stack_env, tmp_path, MAX_PROMPT_CHARS="200000")
+
+
+def test_a_job_too_large_to_keep_is_refused_before_it_is_dispatched(
+    roomy_web, standin, redis_client
+):
+    web, key = roomy_web
+    body = {"prompt": f"{nonsense_word()} " + "a" * 140_000, "wait": False, **fresh_namespace()}
+    resp = requests.post(f"{web.url}/api/v1/chat", json=body, headers=auth(key), timeout=30)
+    assert resp.status_code == 413, resp.text[:300]
+    assert resp.json()["error"]["code"] == "too_large"
+    time.sleep(0.5)
+    assert standin.calls()["chat"] == 0  # nothing was dispatched
+
+
+def test_a_large_answer_is_kept_once_a_reference_in_its_job(stack, standin, redis_client):
+    keys = Keyspace(PREFIX)
+    standin.configure(reply="word " * 60_000)  # 300,000 characters: over JOB_MAX_BYTES
+    body = {"prompt": f"Why do {nonsense_word()} hum?", "wait": False, **fresh_namespace()}
+    job = requests.post(f"{stack.url}/api/v1/chat", json=body, headers=auth(), timeout=10).json()
+    done = wait_done(stack.url, job["id"])
+    assert done["state"] == "done", str(done)[:300]
+    assert done["answer"]["message"]["content"] == "word " * 60_000
+    record = json.loads(redis_client.get(keys.job(job["id"])))
+    assert set(record) == {"user_id", "status", "key", "matched"}  # the answer is in resp:
+    again = wait_done(stack.url, job["id"])
+    assert again["answer"]["message"] == done["answer"]["message"]
 
 
 def test_each_text_costs_a_token_of_the_rate_limit(strict_web):
