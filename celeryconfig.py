@@ -25,6 +25,11 @@ task_ignore_result = True
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
+# A broker error that is not a lost connection (a full Redis refuses the ack's ZREM:
+# OutOfMemoryError) restarts the consumer, as a lost connection does, instead of stopping
+# the worker for good ("Unrecoverable error"; tests/test_redis_full.py). The unacknowledged
+# message stays in kombu's `unacked` hash and is restored like any other.
+broker_channel_error_retry = True
 
 task_routes = {
     "flock.answer": {"queue": "embed"},

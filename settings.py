@@ -92,8 +92,11 @@ class Settings:
     request_timeout_s: float = 120.0
     max_prompt_chars: int = 32_000
     max_body_bytes: int = 1024 * 1024
+    embed_max_texts: int = 64  # texts per embeddings request (each costs a rate-limit token)
+    embed_max_chars: int = 64_000  # characters over all texts of an embeddings request
     request_log_interval_s: float = 1.0
     embed_cache_dir: str = "var/models"
+    embed_cache_ttl: int = 24 * 3600  # a text's vector in Redis (emb:<model>:<sha>)
     cache_max_entries: int = 100_000
     evict_interval_s: float = 30.0
     # shared entries: votes of users who were served a wrong answer
@@ -117,7 +120,8 @@ class Settings:
             )
         positive = ("database_pool_size", "redis_max_connections", "redis_timeout_s",
                     "llm_timeout_s", "cache_ttl", "lock_lease_ms", "request_timeout_s",
-                    "max_prompt_chars", "max_body_bytes",
+                    "max_prompt_chars", "max_body_bytes", "embed_max_texts", "embed_max_chars",
+                    "embed_cache_ttl",
                     "request_log_interval_s", "evict_interval_s", "cache_max_ttl",
                     "session_lifetime_s", "feedback_quorum", "max_keys_per_user")  # fmt: skip
         for name in positive:

@@ -14,7 +14,7 @@ from cache.semantic import pack, unpack
 
 
 class EmbeddingCache:
-    def __init__(self, client: redis.Redis, keys: Keyspace, ttl_s: int = 30 * 24 * 3600) -> None:
+    def __init__(self, client: redis.Redis, keys: Keyspace, ttl_s: int = 24 * 3600) -> None:
         self.client = client
         self.keys = keys
         self.ttl_s = ttl_s

@@ -20,7 +20,8 @@ All names start with the prefix (FLOCK_KEY_PREFIX, default `flock:v1:`):
 | auditcounts          | auditcounts          | hash: audits judged right / wrong      |
 | rl(ident)            | rl:<ident>           | hash: a rate-limit bucket              |
 | apikey(sha)          | apikey:<sha>         | an API key's user, for a minute        |
-| job(id)              | job:<id>             | an async chat job                      |
+| job(id)              | job:<id>             | an async chat job: pending, its job;   |
+|                      |                      | done, only its answer or error         |
 | embres(id)           | embres:<id>          | an embeddings result, for a minute     |
 | sweep                | sweep                | the eviction sweep's lease             |
 | pendingputs          | pendingputs          | list: answers PostgreSQL could not     |

@@ -190,7 +190,7 @@ def _build() -> Resources:
         repo=repo,
         index=SemanticIndex(client, keys, lambda: pg.rows(repo.vectors)),
         inflight=InFlightPrompts(client, keys),
-        embeddings=EmbeddingCache(client, keys),
+        embeddings=EmbeddingCache(client, keys, ttl_s=conf.embed_cache_ttl),
         tokens=TokenWriter(client, keys),
         llm=_llm(conf),
         max_retries=conf.llm_max_retries,

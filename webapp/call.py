@@ -34,11 +34,12 @@ ADMITTED = "flock.admitted"
 STARTED = "flock.started"
 
 
-def authorize() -> User:
-    """Authenticate and take one token of the caller's rate limit."""
+def authorize(cost: int = 1) -> User:
+    """Authenticate and take `cost` tokens (one a request, one a text for embeddings) of
+    the caller's rate limit."""
     user = current_user()
     limiter = services().limiter
-    wait_s = limiter.take(user.rate_key)
+    wait_s = limiter.take(user.rate_key, cost)
     if wait_s:
         raise _rate_limited(limiter.per_minute, wait_s)
     return user

@@ -35,6 +35,8 @@ def from_settings(s: Settings) -> dict[str, Any]:
         "LOCK_LEASE_MS": s.lock_lease_ms,
         "REQUEST_TIMEOUT_S": s.request_timeout_s,
         "MAX_PROMPT_CHARS": s.max_prompt_chars,
+        "EMBED_MAX_TEXTS": s.embed_max_texts,
+        "EMBED_MAX_CHARS": s.embed_max_chars,
         "REDIS_MAX_CONNECTIONS": s.redis_max_connections,
         "REDIS_TIMEOUT_S": s.redis_timeout_s,
         "SESSION_COOKIE_HTTPONLY": True,

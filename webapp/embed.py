@@ -3,6 +3,11 @@ POST /api/embed and OpenAI's POST /v1/embeddings.
 
 Vectors are computed by the embedder workers (the web never loads a model), through
 the embedding cache: a text is never embedded twice.
+
+Bounded: at most EMBED_MAX_TEXTS texts and EMBED_MAX_CHARS characters a request (413),
+each text one token of the caller's rate limit; the worker's result (`embres:<id>`, about
+8 KB of JSON a text) is deleted by the request that reads it, and expires within a minute
+when nobody does.
 """
 
 from __future__ import annotations
@@ -16,12 +21,12 @@ from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from cache.job import EmbedJob
+from webapp.auth import current_user
 from webapp.call import authorize
 from webapp.errors import BadRequest, TooLarge, WaitTimeout
 from webapp.services import services
 
 bp = Blueprint("embed", __name__)
-MAX_TEXTS = 256
 
 
 def _body() -> dict[str, Any]:
@@ -36,12 +41,26 @@ def _texts(body: dict[str, Any]) -> list[str]:
     texts = [raw] if isinstance(raw, str) else raw
     if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
         raise BadRequest("'input' must be a string or a non-empty list of strings")
-    if len(texts) > MAX_TEXTS:
-        raise TooLarge(f"at most {MAX_TEXTS} texts per request")
-    limit = current_app.config["MAX_PROMPT_CHARS"]
+    cfg = current_app.config
+    if len(texts) > cfg["EMBED_MAX_TEXTS"]:
+        raise TooLarge(f"at most {cfg['EMBED_MAX_TEXTS']} texts per request")
+    limit = cfg["MAX_PROMPT_CHARS"]
     if any(len(t) > limit for t in texts):
         raise TooLarge(f"a text is over the limit of {limit} characters")
+    total = sum(len(t) for t in texts)
+    if total > cfg["EMBED_MAX_CHARS"]:
+        raise TooLarge(f"the texts have {total} characters; the limit is {cfg['EMBED_MAX_CHARS']}")
     return texts
+
+
+def _admit() -> tuple[dict[str, Any], list[str]]:
+    """The request's body and texts, once its caller is known (401 first) and has paid one
+    token of the rate limit per text."""
+    current_user()
+    body = _body()
+    texts = _texts(body)
+    authorize(cost=len(texts))
+    return body, texts
 
 
 def embed_texts(texts: list[str]) -> dict[str, Any]:
@@ -57,7 +76,7 @@ def embed_texts(texts: list[str]) -> dict[str, Any]:
             raise WaitTimeout("no embedder answered in time") from exc
     if outcome.error_code:
         raise BadRequest(outcome.error_message or "embedding failed", code=outcome.error_code)
-    raw = svc.redis.get(svc.keys.embres(job_id))
+    raw = svc.redis.getdel(svc.keys.embres(job_id))  # read once: nobody else wants it
     if raw is None:
         raise WaitTimeout("the embedding result expired before it was read")
     return json.loads(raw)
@@ -65,8 +84,7 @@ def embed_texts(texts: list[str]) -> dict[str, Any]:
 
 @bp.post("/api/v1/embed")
 def native() -> ResponseReturnValue:
-    authorize()
-    result = embed_texts(_texts(_body()))
+    result = embed_texts(_admit()[1])
     return jsonify(
         {"model": result["model"], "embeddings": result["vectors"], "computed": result["computed"]}
     )
@@ -74,17 +92,14 @@ def native() -> ResponseReturnValue:
 
 @bp.post("/api/embed")
 def ollama() -> ResponseReturnValue:
-    authorize()
-    body = _body()
-    result = embed_texts(_texts(body))
+    body, texts = _admit()
+    result = embed_texts(texts)
     return jsonify({"model": body.get("model") or result["model"], "embeddings": result["vectors"]})
 
 
 @bp.post("/v1/embeddings")
 def openai() -> ResponseReturnValue:
-    authorize()
-    body = _body()
-    texts = _texts(body)
+    body, texts = _admit()
     result = embed_texts(texts)
     tokens = sum(len(t.split()) for t in texts)  # an estimate: the tokenizer lives in workers
     return jsonify(

@@ -9,8 +9,8 @@ ApiError                base, 500 internal_error
 ├── TooLarge            413 prompt or body over the limit
 ├── RateLimited         429 over REQUESTS_PER_MINUTE (with Retry-After)
 ├── LLMFailed           502 the LLM failed for good (carries its message)
-├── Unavailable         503 a backing service does not answer: redis_unavailable,
-│                           database_unavailable, broker_unavailable
+├── Unavailable         503 a backing service does not answer: redis_unavailable (also
+│                           a full Redis), database_unavailable, broker_unavailable
 └── WaitTimeout         504 no answer within REQUEST_TIMEOUT_S
 
 `as_api_error` maps every exception a view may meet (Redis, PostgreSQL, the broker,
@@ -116,6 +116,9 @@ def as_api_error(exc: BaseException) -> ApiError:
         return TooLarge(f"the body is over the limit of {limit or 'MAX_BODY_BYTES'} bytes")
     if isinstance(exc, HTTPException):  # routing, 405, ...
         return _HttpError(exc)
+    if isinstance(exc, redis.OutOfMemoryError):  # maxmemory reached under noeviction
+        log.error("Redis is full: %s", exc)
+        return Unavailable("the cache is full; try again later", code="redis_unavailable")
     if isinstance(exc, redis.RedisError):
         log.error("Redis: %s", exc)
         return Unavailable("the cache is unreachable; try again", code="redis_unavailable")

@@ -13,7 +13,7 @@ from typing import Any
 from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
-from webapp.embed import MAX_TEXTS
+from settings import Settings
 from webapp.entries import MAX_AGE_S
 from webapp.schemas import CACHE_MODES, MAX_TTL_S, OPTIONS, ROLES, SCOPES
 
@@ -152,7 +152,13 @@ SCHEMAS: dict[str, Schema] = {
             "input": {
                 "oneOf": [
                     _STR,
-                    {"type": "array", "minItems": 1, "maxItems": MAX_TEXTS, "items": _STR},
+                    # the default of EMBED_MAX_TEXTS
+                    {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": Settings.embed_max_texts,
+                        "items": _STR,
+                    },
                 ]
             },  # fmt: skip
             "model": _STR,

@@ -1,0 +1,80 @@
+"""A full Redis (maxmemory reached under `noeviction`, which docs/DEPLOY.md recommends)
+refuses every write: Flock answers 503 `redis_unavailable` in each API's error shape, never
+a 500, and answers again once Redis has room. On a private redis-server of the test's own:
+its maxmemory is the whole server's."""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import redis
+
+from tests.conftest import create_user
+from tests.stack import Stack
+from tests.test_faults import PrivateRedis, ask, question
+
+
+@pytest.fixture(scope="module")
+def full_redis(tmp_path_factory) -> Iterator[PrivateRedis]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    server = PrivateRedis(tmp_path_factory.mktemp("full-redis"))
+    server.start("--maxmemory-policy", "noeviction")
+    yield server
+    server.kill()
+
+
+@pytest.fixture(scope="module")
+def full_stack(stack_env, full_redis, tmp_path_factory) -> Iterator[tuple[Stack, str]]:
+    env = {
+        **stack_env,
+        "REDIS_URL": f"{full_redis.url}/0",
+        "CELERY_BROKER_URL": f"{full_redis.url}/1",
+    }
+    s = Stack(env=env, logdir=tmp_path_factory.mktemp("full-logs"))
+    try:
+        s.start_worker("embedder", "embed", concurrency=1, pool="threads")
+        s.start_worker("llm", "llm", concurrency=2, pool="threads")
+        s.start_web(workers=1)
+        yield s, create_user(env, f"full-{uuid.uuid4().hex[:6]}")
+    finally:
+        s.stop()
+
+
+def test_a_full_redis_is_a_503_then_answers_again(full_stack, full_redis, standin):
+    stack, key = full_stack
+    assert ask(stack.url, key, "native", question(), timeout=30).status_code == 200
+    admin = redis.Redis(port=full_redis.port)
+    # Redis fills up while a question is being answered: its worker cannot store the
+    # answer, nor acknowledge its task (the broker is in the same Redis).
+    standin.configure(latency_s=1.5)
+    with ThreadPoolExecutor(1) as pool:
+        in_flight = pool.submit(ask, stack.url, key, "native", question(), 40)
+        time.sleep(0.8)
+        admin.config_set("maxmemory", "1")  # below what it holds: every write is refused
+        try:
+            for surface in ("native", "openai", "ollama"):
+                resp = ask(stack.url, key, surface, question(), timeout=30)
+                assert resp.status_code == 503, (surface, resp.status_code, resp.text[:300])
+                error = resp.json()["error"]
+                if surface == "ollama":
+                    assert isinstance(error, str) and "full" in error, resp.text
+                else:
+                    assert error["code"] == "redis_unavailable", resp.text
+                    assert "full" in error["message"], resp.text
+            caught = in_flight.result()
+            assert caught.status_code != 500, caught.text[:300]
+            assert caught.status_code == 200 or "error" in caught.json(), caught.text[:300]
+        finally:
+            admin.config_set("maxmemory", "0")
+    standin.configure(latency_s=0)
+    # Every process is still there and answers: a new question needs the web, the
+    # embedder and the llm worker.
+    again = ask(stack.url, key, "native", question(), timeout=30)
+    assert again.status_code == 200, again.text[:300]
+    assert all(proc.alive() for proc in stack.procs.values())
