@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -146,21 +147,32 @@ def _rows(database: str, sql: str, *params) -> list[tuple]:
         return conn.execute(sql, params).fetchall()
 
 
-def test_a_row_postgres_refuses_does_not_stop_the_request_log(own_stack, database):
-    stack, key = own_stack
-    # PostgreSQL's text columns take no NUL: this request's log row is refused.
-    bad = ask(stack.url, key, "native", f"What does a \x00 {nonsense_word()} do?", timeout=30)
-    good = [ask(stack.url, key, "native", question(), timeout=30) for _ in range(3)]
-    assert {r.status_code for r in good} == {200}, [r.text for r in good]
-    ids = [r.json()["id"] for r in good]
+def test_a_row_postgres_refuses_does_not_stop_the_request_log(database):
+    """A row PostgreSQL refuses (a NUL: the API refuses such prompts now, but a log must not
+    trust its callers) is dropped; the rest of its batch and later batches are written."""
+    from psycopg_pool import ConnectionPool
+
+    from webapp.reqlog import RequestLog
+
+    def row(prompt: str) -> dict:
+        return {"answer_id": uuid.uuid4().hex, "user_id": None, "model": "m",
+                "outcome": "miss", "entry_id": None, "key": None, "prompt": prompt,
+                "similarity": None, "latency_ms": 1.0, "tokens_saved": 0,
+                "error_code": None}  # fmt: skip
+
+    with ConnectionPool(database, min_size=1, max_size=2, kwargs={"autocommit": True}) as pool:
+        reqlog = RequestLog(pool, interval_s=3600)  # flushed by hand below
+        rows = [row("fine"), row("a \x00 in it"), row("fine too")]
+        for r in rows:
+            reqlog._rows.append(r | {"at": datetime.now(UTC)})
+        assert reqlog.flush() == 2
+        later = row("after the bad one")
+        reqlog._rows.append(later | {"at": datetime.now(UTC)})
+        assert reqlog.flush() == 1
+        assert reqlog.flush() == 0  # nothing kept for a retry
+    ids = [rows[0]["answer_id"], rows[2]["answer_id"], later["answer_id"]]
     sql = "SELECT count(*) FROM request_log WHERE answer_id = ANY(%s)"
-    deadline = time.monotonic() + 10
-    while _rows(database, sql, ids) != [(3,)] and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert _rows(database, sql, ids) == [(3,)], stack.procs["web"].tail()
-    assert "dropped the row of answer" in stack.procs["web"].log.read_text(), bad.text
-    stats = requests.get(f"{stack.url}/api/v1/stats", headers=auth(key), timeout=10)
-    assert stats.status_code == 200, stats.text
+    assert _rows(database, sql, ids) == [(3,)]
 
 
 def test_an_answer_postgres_could_not_take_is_served_and_recorded_later(own_stack, database):
@@ -318,18 +330,6 @@ def test_a_stream_ends_by_its_deadline_when_redis_hangs(
     names = [name for name, _ in events]
     assert names[-1] == "error", names
     assert events[-1][1] - started < 4 + 3, events[-1][1] - started
-
-
-def test_an_answer_postgres_refuses_is_still_served(own_stack):
-    """PostgreSQL's text cannot hold a NUL: such a question is answered (and cached in
-    Redis) all the same, unrecorded."""
-    stack, key = own_stack
-    prompt = f"Why would a \x00 {nonsense_word()} {nonsense_word()} be here?"
-    first = ask(stack.url, key, "native", prompt, timeout=30)
-    assert first.status_code == 200, first.text
-    again = ask(stack.url, key, "native", prompt, timeout=30)
-    assert again.json()["cache"]["status"] == "exact"
-    assert again.json()["message"] == first.json()["message"]
 
 
 def test_an_embedder_without_postgres_still_answers(own_stack, private_redis):
