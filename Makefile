@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # Extra pytest arguments, e.g. make test PYTEST_ARGS='-m "not slow"'
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench clean screenshots
 
 install: $(STAMP)
 
@@ -30,6 +30,11 @@ lint: install
 test: lint
 	scripts/ensure_chromium.sh
 	$(PY) scripts/services.py --tests -- $(PY) -m pytest $(PYTEST_ARGS)
+
+# The README's screenshots, refreshed on purpose (a plain test run never writes them).
+screenshots: install
+	scripts/ensure_chromium.sh
+	FLOCK_UPDATE_SCREENSHOTS=1 $(PY) scripts/services.py --tests -- $(PY) -m pytest tests/test_ui.py
 
 # REDIS_URL and DATABASE_URL (from the shell or .env): private servers when unset or silent.
 # scripts/run.py migrates, creates the first admin user, then runs honcho.

@@ -1,11 +1,13 @@
 """The browser UI end to end: Debian's Chromium, driven by Playwright, against the real stack.
 
-Screenshots go to the test's tmp dir (artifacts) and, for the README, to docs/screenshots/.
+Screenshots go to the test's tmp dir (artifacts) and, under `make screenshots`, to
+docs/screenshots/ for the README.
 Playwright never downloads a browser here: it launches /usr/bin/chromium.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import uuid
@@ -54,10 +56,11 @@ def page(browser: Browser, stack) -> Iterator[Page]:
 
 
 def shoot(page: Page, tmp_path: Path, name: str, docs: bool = False) -> None:
-    """A full-page screenshot as a test artifact; `docs`: also the README's current copy."""
+    """A full-page screenshot as a test artifact; `docs`: also the README's copy, but only
+    under `make screenshots` (FLOCK_UPDATE_SCREENSHOTS=1): a test run leaves the tree clean."""
     path = tmp_path / name
     page.screenshot(path=path, full_page=True)
-    if docs:
+    if docs and os.environ.get("FLOCK_UPDATE_SCREENSHOTS") == "1":
         DOCS.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, DOCS / name)
 
