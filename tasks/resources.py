@@ -126,7 +126,9 @@ def _build() -> Resources:
         lease=lease,
         store=ExactStore(client, keys, lease),
         repo=repo,
-        index=SemanticIndex(client, keys, repo.vectors),
+        index=SemanticIndex(
+            client, keys, repo.vectors, fetch=repo.vectors_of, **conf.index_options()
+        ),
         inflight=InFlightPrompts(client, keys),
         embeddings=EmbeddingCache(client, keys),
         tokens=TokenWriter(client, keys),
