@@ -65,7 +65,7 @@ class Settings:
     evict_interval_s: float = 30.0
     # the semantic index (cache/semantic.py; docs/ARCHITECTURE.md, "The index")
     index_ann_min_entries: int = 10_000  # a namespace this large is an HNSW index; 0: always
-    index_ann_ef: int = 128  # the HNSW search's candidate list: recall against lookup time
+    index_ann_ef: int = 256  # the HNSW search's candidate list: recall against lookup time
     index_build_threads: int = 1  # threads that build an HNSW index (a cold start, a switch)
     index_snapshot_dir: str | None = None  # where embedders save/load the index; None: never
     index_snapshot_interval_s: float = 900.0  # how old a snapshot gets before a new one

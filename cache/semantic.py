@@ -13,10 +13,10 @@ stays right (the source still has it) and new changes start a new stream.
 
 A namespace below `ann_min_entries` entries is searched exactly (cosine: vectors are
 L2-normalised, so a dot product over a float32 matrix); from that size on it moves into an
-approximate nearest-neighbour index (usearch HNSW, int8 vectors, cosine: see `_QUANT`), and back to exact
-below half that size. Removals leave no holes: the exact matrix moves its last row into a
-removed one, and the HNSW index reuses the slots of removed entries for the next adds;
-`compact()` shrinks an HNSW index whose live entries fell far below its capacity.
+approximate nearest-neighbour index (usearch HNSW over int8 vectors, cosine: see `_QUANT`),
+and back to exact below half that size. Removals leave no holes: the exact matrix moves its
+last row into a removed one, and the HNSW index reuses the slots of removed entries for the
+next adds; `compact()` shrinks an HNSW index whose live entries fell far below its capacity.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ DIM = 384
 _MAX_LOG = 100_000  # approximate length the change log is trimmed to
 _BATCH = 1000  # log entries read (and rows fetched from the source) at a time
 ANN_MIN_ENTRIES = 10_000  # default: namespaces of this size and more use the HNSW index
-ANN_EF = 128  # default: the HNSW search's candidate list (recall against time)
+ANN_EF = 256  # default: the HNSW search's candidate list (recall against time)
 ANN_CONNECTIVITY = 16  # neighbours per node: memory against recall
 ANN_EF_ADD = 64  # the candidate list while inserting: build time against graph quality
 # int8 steps: a unit MiniLM vector's components stay within +-0.27 (measured on 4,000 real
@@ -213,7 +213,7 @@ class _Ann:
         slots = [s for s in self.rows.values()]
         if not slots:
             return [], [], np.zeros((0, DIM), dtype=np.float32)
-        got = self.index.get(np.asarray(slots, dtype=np.uint64))
+        got: Any = self.index.get(np.asarray(slots, dtype=np.uint64))
         vectors = np.vstack(got).astype(np.float32)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         vectors /= np.where(norms > 0, norms, 1.0)
@@ -419,7 +419,12 @@ class SemanticIndex:
 
     def _to_exact(self, namespace: str, space: _Space) -> _Exact:
         exact = _Exact()
-        exact.add_many(*space.entries())
+        keys, prompts, vectors = space.entries()
+        if self.fetch is not None and keys:  # the exact vectors, not their int8 copies
+            rows = list(self.fetch(keys))
+            keys, prompts = [r[1] for r in rows], [r[2] for r in rows]
+            vectors = np.vstack([r[3] for r in rows]) if rows else vectors[:0]
+        exact.add_many(keys, prompts, vectors)
         self._spaces[namespace] = exact
         return exact
 
@@ -444,6 +449,19 @@ class SemanticIndex:
         if not first or self._last_id in (None, "0-0"):
             return False
         return _id_tuple(first[0][0].decode()) > _id_tuple(self._last_id)
+
+    def _deleted_past(self, position: str) -> bool:
+        """Whether the log dropped (trimmed) an entry after `position`: a snapshot taken
+        there would miss it. (Redis 7 keeps the largest ID it ever dropped.)"""
+        try:
+            info: Any = self.client.xinfo_stream(self.log_key)
+        except redis.ResponseError:  # no log at all: nothing was dropped from it
+            return False
+        dropped = info.get("max-deleted-entry-id")
+        if dropped is None:
+            return False
+        dropped = dropped.decode() if isinstance(dropped, bytes) else str(dropped)
+        return _id_tuple(dropped) > _id_tuple(position)
 
     def _apply_all(self, changes: list[dict[bytes, bytes]]) -> None:
         """Apply changes in their order; the adds' prompts and vectors are read from the
@@ -537,11 +555,11 @@ class SemanticIndex:
         assert self.snapshot_dir is not None
         try:
             manifest = json.loads((self.snapshot_dir / "current.json").read_text())
-            epoch = self.client.get(self.epoch_key)
+            epoch: Any = self.client.get(self.epoch_key)
             if epoch is None or epoch.decode() != manifest["epoch"]:
                 return False
             self._epoch, self._last_id = epoch, manifest["last_id"]
-            if self._trimmed_past():
+            if self._trimmed_past() or self._deleted_past(manifest["last_id"]):
                 self._last_id = None
                 return False
             folder = self.snapshot_dir / manifest["folder"]
@@ -552,7 +570,7 @@ class SemanticIndex:
                 if info["kind"] == "ann":
                     ann = _Ann(self.ann_ef, self.build_threads)
                     ann.index.load(str(folder / f"{info['file']}.usearch"))
-                    ann.index.expansion_search = self.ann_ef
+                    ann.index.expansion_search = self.ann_ef  # type: ignore[misc]
                     ann.keys, ann.prompts, ann.free = meta["keys"], meta["prompts"], meta["free"]
                     ann.rows = {k: s for s, k in enumerate(ann.keys) if k is not None}
                     spaces[namespace] = ann

@@ -70,9 +70,7 @@ def index(redis_client, keys, repo, **options) -> SemanticIndex:
     return SemanticIndex(redis_client, keys, repo.vectors, fetch=repo.vectors_of, **options)
 
 
-def test_hnsw_finds_what_exact_search_finds_on_real_sentences(
-    redis_client, keys, repo, sentences
-):
+def test_hnsw_finds_what_exact_search_finds_on_real_sentences(redis_client, keys, repo, sentences):
     stored, asked, vs, va = sentences
     ns = uuid.uuid4().hex
     added = store(repo, ns, stored, vs)
