@@ -46,7 +46,7 @@ _BATCH = 1000  # log entries read (and rows fetched from the source) at a time
 ANN_MIN_ENTRIES = 10_000  # default: namespaces of this size and more use the HNSW index
 ANN_EF = 256  # default: the HNSW search's candidate list (recall against time)
 ANN_CONNECTIVITY = 16  # neighbours per node: memory against recall
-ANN_EF_ADD = 64  # the candidate list while inserting: build time against graph quality
+ANN_EF_ADD = 200  # the candidate list while inserting: build time against graph quality
 # int8 steps: a unit MiniLM vector's components stay within +-0.27 (measured on 4,000 real
 # questions), so +-0.3 maps onto +-127 (a rare larger one is clipped). usearch's own cast
 # maps +-1 onto +-127 and leaves a component ~6 steps: 4x coarser, and top-1 swaps.
