@@ -50,6 +50,7 @@ bench: install
 	-$(PY) -m bench.accuracy
 	-$(PY) -m bench.llm_band
 	-$(PY) -m bench.embed_speed
+	-$(PY) -m bench.index
 	-$(PY) -m bench.embedded_speed
 	-$(PY) -m bench.load
 

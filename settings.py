@@ -99,6 +99,12 @@ class Settings:
     embed_cache_ttl: int = 24 * 3600  # a text's vector in Redis (emb:<model>:<sha>)
     cache_max_entries: int = 100_000
     evict_interval_s: float = 30.0
+    # the semantic index (cache/semantic.py; docs/ARCHITECTURE.md, "The index")
+    index_ann_min_entries: int = 10_000  # a namespace this large is an HNSW index; 0: always
+    index_ann_ef: int = 256  # the HNSW search's candidate list: recall against lookup time
+    index_build_threads: int = 1  # threads that build an HNSW index (a cold start, a switch)
+    index_snapshot_dir: str | None = None  # where embedders save/load the index; None: never
+    index_snapshot_interval_s: float = 900.0  # how old a snapshot gets before a new one
     # shared entries: votes of users who were served a wrong answer
     feedback_quorum: int = 3  # distinct users whose "wrong" invalidates a shared entry
     feedback_per_minute: int = 10  # feedback a user may send; 0: no limit
@@ -123,13 +129,14 @@ class Settings:
                     "max_prompt_chars", "max_body_bytes", "embed_max_texts", "embed_max_chars",
                     "embed_cache_ttl",
                     "request_log_interval_s", "evict_interval_s", "cache_max_ttl",
-                    "session_lifetime_s", "feedback_quorum", "max_keys_per_user")  # fmt: skip
+                    "session_lifetime_s", "feedback_quorum", "max_keys_per_user",
+                    "index_ann_ef", "index_build_threads", "index_snapshot_interval_s")  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.upper()} must be positive, not {getattr(self, name)}")
         for name in ("requests_per_minute", "llm_max_retries", "llm_retry_backoff_s",
                      "cache_max_entries", "auth_attempts_per_minute",
-                     "feedback_per_minute"):  # fmt: skip
+                     "feedback_per_minute", "index_ann_min_entries"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"{name.upper()} must not be negative, not {getattr(self, name)}")
 
@@ -141,6 +148,16 @@ class Settings:
     def broker_url(self) -> str:
         """The Celery broker: CELERY_BROKER_URL, else the cache's Redis."""
         return self.celery_broker_url or self.redis_url
+
+    def index_options(self) -> dict[str, Any]:
+        """The semantic index's constructor arguments (cache.SemanticIndex)."""
+        return {
+            "ann_min_entries": self.index_ann_min_entries,
+            "ann_ef": self.index_ann_ef,
+            "build_threads": self.index_build_threads,
+            "snapshot_dir": self.index_snapshot_dir,
+            "snapshot_interval_s": self.index_snapshot_interval_s,
+        }
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -6,7 +6,7 @@ in Redis and the semantic index are rebuilt from these rows.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -128,14 +128,27 @@ class CacheRepo:
 
     def vectors(self) -> Iterator[tuple[str, str, str, np.ndarray]]:
         """(namespace, key, prompt, vector) of every live entry: the index's source."""
-        # A server-side cursor streams the rows; it needs a transaction.
-        with self.pool.connection() as conn, conn.transaction(), conn.cursor(name="vectors") as cur:
-            cur.execute(
-                f"SELECT namespace, key, prompt, embedding FROM cache_entries"
-                f" WHERE {_LIVE} AND embedding IS NOT NULL"
-            )
-            for namespace, key, prompt, blob in cur:
+        # COPY streams the rows in PostgreSQL's binary format: the cheapest bulk read there
+        # is (a cold start of a large index reads every live entry once).
+        query = (
+            f"COPY (SELECT namespace, key, prompt, embedding FROM cache_entries"
+            f" WHERE {_LIVE} AND embedding IS NOT NULL) TO STDOUT (FORMAT BINARY)"
+        )
+        with self.pool.connection() as conn, conn.cursor() as cur, cur.copy(query) as copy:
+            copy.set_types(["text", "text", "text", "bytea"])
+            for namespace, key, prompt, blob in copy.rows():
                 yield namespace, key, prompt, unpack(bytes(blob))
+
+    def vectors_of(self, keys: Sequence[str]) -> list[tuple[str, str, str, np.ndarray]]:
+        """(namespace, key, prompt, vector) of those of `keys` with a live entry: what the
+        index's change log names (it carries keys, not prompts and vectors)."""
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                f"SELECT namespace, key, prompt, embedding FROM cache_entries"
+                f" WHERE key = ANY(%s) AND {_LIVE} AND embedding IS NOT NULL",
+                (list(keys),),
+            ).fetchall()
+        return [(ns, key, prompt, unpack(bytes(blob))) for ns, key, prompt, blob in rows]
 
     def invalidate(
         self,

@@ -188,7 +188,10 @@ def _build() -> Resources:
         lease=lease,
         store=ExactStore(client, keys, lease),
         repo=repo,
-        index=SemanticIndex(client, keys, lambda: pg.rows(repo.vectors)),
+        index=SemanticIndex(
+            client, keys, lambda: pg.rows(repo.vectors), fetch=repo.vectors_of,
+            **conf.index_options(),
+        ),  # fmt: skip
         inflight=InFlightPrompts(client, keys),
         embeddings=EmbeddingCache(client, keys, ttl_s=conf.embed_cache_ttl),
         tokens=TokenWriter(client, keys),
