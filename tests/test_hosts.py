@@ -27,7 +27,7 @@ import requests
 from celery import Celery
 
 from tests import netns
-from tests.conftest import CACHE_DB, LEASE_MS, REDIS_BASE, create_user, post_chat
+from tests.conftest import CACHE_DB, LEASE_MS, REDIS_BASE, create_user, nonsense_word, post_chat
 from tests.stack import Stack
 
 pytestmark = pytest.mark.slow
@@ -141,7 +141,7 @@ def test_an_answer_stored_through_one_host_is_a_semantic_hit_through_the_other(
     hosts, key, standin, ns, control
 ):
     host_a, host_b = hosts
-    t = uuid.uuid4().hex[:6]
+    t = nonsense_word()  # a word, not hex: "489e28" reads as a number
     question = f"How long should I boil a {t} egg?"
     wordings = [
         f"How long do I need to boil a {t} egg?",

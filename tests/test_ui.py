@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from tests.conftest import nonsense_word
 from tests.stack import ROOT
 
 pytestmark = pytest.mark.slow
@@ -114,7 +115,7 @@ def test_ask_hit_paraphrase_dashboard_invalidate(page, standin, tmp_path):
     before = {k: stat(page, k) for k in ("requests", "llm_calls", "llm_calls_saved")}
 
     # A topic word of its own: no other test's question can be a hit for these.
-    topic = uuid.uuid4().hex[:6]
+    topic = nonsense_word()  # a word: a hex topic ("489e28") can read as a number
     question = f"How do I reset my {topic} router password?"
     # Reworded, same word order: cache/verify/ refuses "same words, other order"
     # (e.g. "...reset the password of my router?") as possibly another question.
