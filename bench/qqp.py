@@ -22,6 +22,7 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,17 +62,20 @@ def _rows(path: Path) -> Iterator[dict[str, object]]:
                 yield json.loads(line)
 
 
+def _root(parent: dict[str, str], x: str) -> str:
+    """Union-find: the root of x's component (`parent` maps each item to its parent)."""
+    parent.setdefault(x, x)
+    while parent[x] != x:
+        parent[x] = parent[parent[x]]
+        x = parent[x]
+    return x
+
+
 def load(path: Path = QQP_TRAIN) -> list[Pair]:
     """Every pair with its split ("train", "val" or "test")."""
     rows = [(str(r["a"]), str(r["b"]), bool(r["duplicate"])) for r in _rows(path)]
     parent: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
+    find = partial(_root, parent)
 
     for a, b, _ in rows:
         ra, rb = find(key(a)), find(key(b))
@@ -103,13 +107,7 @@ def closure(pairs: list[Pair], per_group: int = 20, seed: int = 1) -> list[Pair]
 
     rng = random.Random(seed)
     parent: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
+    find = partial(_root, parent)
 
     text: dict[str, str] = {}
     for p in pairs:

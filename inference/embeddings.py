@@ -145,7 +145,7 @@ class OnnxEmbedder:
         """
         path = Path(model_path) if model_path is not None else default_model_path()
         try:
-            import onnxruntime as ort
+            import onnxruntime  # noqa: F401  (here for the clear error below)
             from tokenizers import Tokenizer
         except ImportError as exc:
             raise EmbeddingError(f"onnxruntime/tokenizers not available: {exc}") from exc
@@ -156,14 +156,8 @@ class OnnxEmbedder:
         except (ExportError, OSError) as exc:
             raise EmbeddingError(f"no int8 ONNX model for {path}: {exc}") from exc
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_num_threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         try:
-            self._session = ort.InferenceSession(
-                str(self.model_file), options, providers=["CPUExecutionProvider"]
-            )
+            self._session = cpu_session(self.model_file, intra_op_num_threads)
             self._tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
         except Exception as exc:  # onnxruntime raises its own exception types
             raise EmbeddingError(f"cannot load {self.model_file}: {exc}") from exc
@@ -198,6 +192,19 @@ class OnnxEmbedder:
         }
         hidden = self._session.run(["last_hidden_state"], feeds)[0][0]
         return np.asarray(hidden, dtype=np.float32)
+
+
+def cpu_session(model_file: Path, intra_op_num_threads: int) -> Any:
+    """An onnxruntime session on the CPU with this many threads for one operator, one for
+    running them (sequentially): each worker process holds its own, and two of them on a
+    2-core machine must not each spin up a thread per core."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_num_threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
 
 
 def load_embedder(

@@ -39,7 +39,7 @@ class PairModel:
         intra_op_num_threads: int = 1,
     ) -> None:
         try:
-            import onnxruntime as ort
+            import onnxruntime  # noqa: F401  (here for the clear error below)
             from tokenizers import Tokenizer
         except ImportError as exc:
             raise PairModelError(f"onnxruntime/tokenizers not available: {exc}") from exc
@@ -53,18 +53,12 @@ class PairModel:
             model_file = model_dir / manifest["file"]
         except (OSError, ValueError, KeyError) as exc:
             raise PairModelError(f"bad pair model manifest in {model_dir}: {exc}") from exc
-        if tokenizer_file is None:
-            from inference.embeddings import default_model_path
+        from inference.embeddings import cpu_session, default_model_path
 
+        if tokenizer_file is None:
             tokenizer_file = default_model_path() / "tokenizer.json"
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_num_threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         try:
-            self._session = ort.InferenceSession(
-                str(model_file), options, providers=["CPUExecutionProvider"]
-            )
+            self._session = cpu_session(model_file, intra_op_num_threads)
             self._tokenizer = Tokenizer.from_file(str(tokenizer_file))
         except Exception as exc:  # onnxruntime raises its own exception types
             raise PairModelError(f"cannot load {model_file}: {exc}") from exc

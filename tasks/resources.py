@@ -101,42 +101,42 @@ class Resources:
         return PendingPuts(self.redis, self.keys)
 
     def namespace_threshold(self, namespace: str) -> float:
-        """What wrong hits raised this namespace's threshold to (0 when none did). Kept in
-        Redis for every lookup; reloaded from PostgreSQL when Redis lost it. Unknown (Redis
-        lost it and PostgreSQL is out of reach): 1.0, only identical prompts match."""
-        key = self.keys.nsthreshold
-        value, loaded = self.redis.hmget(key, [namespace, "_loaded"])
-        if loaded is None:
-            try:
-                known = self.pg.call(self.repo.namespace_thresholds)
-            except psycopg.OperationalError as exc:
-                log.warning("namespace thresholds unknown (%s): exact matches only", exc)
-                return 1.0
-            self.redis.hset(key, mapping={"_loaded": "1", **{
-                ns: str(t) for ns, t in known.items()}})  # fmt: skip
-            value = self.redis.hget(key, namespace)
+        """What wrong hits raised this namespace's threshold to (0 when none did). Unknown
+        (Redis lost it and PostgreSQL is out of reach): 1.0, only identical prompts match."""
+        try:
+            value = self._mirrored(self.keys.nsthreshold, namespace, lambda: {
+                ns: str(t) for ns, t in self.repo.namespace_thresholds().items()})  # fmt: skip
+        except psycopg.OperationalError as exc:
+            log.warning("namespace thresholds unknown (%s): exact matches only", exc)
+            return 1.0
         return float(value) if value is not None else 0.0
 
     def score_threshold(self, namespace: str) -> float:
         """The pair model's acceptance threshold in this namespace: learned from its audits
         (tasks.flow.audit keeps it in Redis); the offline operating point for
-        SEMANTIC_MAX_ERROR where none was learned. Reloaded from PostgreSQL when Redis
-        lost it; unknown (PostgreSQL out of reach too): 1.0, the strictest."""
-        key = self.keys.scorethreshold
+        SEMANTIC_MAX_ERROR where none was learned. Unknown (Redis lost it and PostgreSQL is
+        out of reach): 1.0, the strictest."""
+        try:
+            value = self._mirrored(self.keys.scorethreshold, namespace, lambda: {
+                ns: str(choose_threshold(audits, self.max_error, self.calibration))
+                for ns, audits in self.repo.recent_audits().items()})  # fmt: skip
+        except psycopg.OperationalError as exc:
+            log.warning("score thresholds unknown (%s): the strictest for now", exc)
+            return 1.0
+        return float(value) if value is not None else self.verifier.score_threshold
+
+    def _mirrored(
+        self, key: str, namespace: str, load: Callable[[], dict[str, str]]
+    ) -> str | bytes | None:
+        """A namespace's value in a Redis hash that mirrors PostgreSQL, read on every lookup;
+        the whole hash is loaded again (and marked `_loaded`) when Redis lost it. Raises
+        psycopg.OperationalError when it must load and PostgreSQL is out of reach."""
         value, loaded = self.redis.hmget(key, [namespace, "_loaded"])
         if loaded is None:
-            try:
-                recent = self.pg.call(self.repo.recent_audits)
-            except psycopg.OperationalError as exc:
-                log.warning("score thresholds unknown (%s): the strictest for now", exc)
-                return 1.0
-            learned: dict[str | bytes, str] = {
-                ns: str(choose_threshold(audits, self.max_error, self.calibration))
-                for ns, audits in recent.items()
-            }
-            self.redis.hset(key, mapping={"_loaded": "1", **learned})  # type: ignore[dict-item]
-            value = learned.get(namespace)
-        return float(value) if value is not None else self.verifier.score_threshold
+            known = self.pg.call(load)
+            self.redis.hset(key, mapping={"_loaded": "1", **known})  # type: ignore[dict-item]
+            value = known.get(namespace)
+        return value
 
     def embedder(self) -> Embedder:
         """The embedding model, loaded on first use: only embedder children ever load it."""
@@ -189,7 +189,10 @@ def _build() -> Resources:
         store=ExactStore(client, keys, lease),
         repo=repo,
         index=SemanticIndex(
-            client, keys, lambda: pg.rows(repo.vectors), fetch=repo.vectors_of,
+            client,
+            keys,
+            lambda: pg.rows(repo.vectors),
+            fetch=repo.vectors_of,
             **conf.index_options(),
         ),  # fmt: skip
         inflight=InFlightPrompts(client, keys),
