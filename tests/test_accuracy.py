@@ -113,16 +113,18 @@ def test_audits_answer_hits_again_off_the_request_path(stack, standin):
             stack.url, {"prompt": "How long do I rest a steak after grilling it?", **ns}
         )
         assert hit.json()["cache"]["status"] == "semantic"  # answered before any audit
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+        # This namespace's row: other tests (tests/test_flow.py) audit in the same database.
+        namespace = namespace_of(first, ns)[:16]
+        deadline, audits = time.monotonic() + 30, {}
+        while time.monotonic() < deadline and not audits:
             stats = requests.get(f"{stack.url}/api/v1/stats", headers=auth(), timeout=10).json()
-            if stats["audits"]["audited"]:
-                break
+            audits = next((a for a in stats["audits"]["namespaces"]
+                           if a["namespace"] == namespace), {})  # fmt: skip
             time.sleep(0.3)
-        audits = stats["audits"]
         # The stand-in answers "Answer to: <prompt>": two prompts, two texts; the judge
         # (the stand-in again) does not say "yes", so the hit counts as wrong.
         assert (audits["audited"], audits["wrong"]) == (1, 1)
+        assert stats["audits"]["wrong"] >= 1 and stats["audits"]["error_rate"] > 0
         assert standin.calls()["chat"] == 3  # the answer, the audit's answer, the judge
         metrics = scrape(stack.url)
         assert sample(metrics, "flock_audits_total", verdict="wrong") == 1
