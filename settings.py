@@ -59,6 +59,7 @@ def pg_configure(conn: Any) -> None:
 class Settings:
     # services
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_cluster: bool = False  # REDIS_URL is a node of a Redis Cluster (cache.redisconn)
     celery_broker_url: str | None = None  # None: the cache's Redis (see `broker_url`)
     flock_key_prefix: str = "flock:v1:"
     database_url: str = "postgresql:///flock"
@@ -140,6 +141,9 @@ class Settings:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name.upper()} must not be negative, not {getattr(self, name)}")
 
+        if self.redis_cluster and not self.celery_broker_url:
+            raise ValueError("REDIS_CLUSTER needs CELERY_BROKER_URL: Celery cannot use a "
+                             "cluster as its broker; give it a Redis of its own")  # fmt: skip
         if self.cache_ttl > self.cache_max_ttl:
             raise ValueError(f"CACHE_TTL ({self.cache_ttl}) must not exceed CACHE_MAX_TTL "
                              f"({self.cache_max_ttl})")  # fmt: skip

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 import redis
 
 from cache.keyspace import Keyspace
+from cache.redisconn import get_many
 from cache.semantic import pack, unpack
 
 
@@ -29,7 +29,7 @@ class EmbeddingCache:
         how many were computed."""
         if not texts:
             return np.zeros((0, 0), dtype=np.float32), 0
-        cached: list[Any] = self.client.mget([self._key(model, t) for t in texts])
+        cached = get_many(self.client, [self._key(model, t) for t in texts])
         missing = sorted({t for t, blob in zip(texts, cached, strict=True) if blob is None})
         fresh: dict[str, np.ndarray] = {}
         if missing:

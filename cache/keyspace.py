@@ -2,38 +2,41 @@
 
 All names start with the prefix (FLOCK_KEY_PREFIX, default `flock:v1:`):
 
-| method               | name                 | holds                                  |
-|----------------------|----------------------|----------------------------------------|
-| resp(key)            | resp:<key>           | the answer (JSON Entry), or an alias   |
-| lock(key)            | lock:<key>           | single-flight lease, q:/r:<attempt>    |
-| done(key)            | done:<key>           | pub/sub channel: an attempt's Outcome  |
-| err(key)             | err:<key>            | the last failure, for a few seconds    |
-| followers(key)       | followers:<key>      | set: prompts following this generation |
-| stream(key)          | stream:<key>         | stream: the generation's tokens        |
-| aliases(entry_id)    | aliases:<entry id>   | set: exact keys holding a copy         |
-| inflight(namespace)  | inflight:<namespace> | stream: prompts being answered         |
-| semlog, semlog_epoch | semlog, semlog:epoch | the index's change log, its life       |
-| emb(model, sha)      | emb:<model>:<sha>    | embedding cache                        |
-| nsthreshold          | nsthreshold          | hash: namespaces' earned thresholds    |
-| scorethreshold       | scorethreshold       | hash: namespaces' audited pair-model   |
-|                      |                      | score thresholds                       |
-| auditcounts          | auditcounts          | hash: audits judged right / wrong      |
-| rl(ident)            | rl:<ident>           | hash: a rate-limit bucket              |
-| apikey(sha)          | apikey:<sha>         | an API key's user, for a minute        |
-| job(id)              | job:<id>             | an async chat job: pending, its job;   |
-|                      |                      | done, only its answer or error         |
-| embres(id)           | embres:<id>          | an embeddings result, for a minute     |
-| sweep                | sweep                | the eviction sweep's lease             |
-| pendingputs          | pendingputs          | list: answers PostgreSQL could not     |
-|                      |                      | take yet (cache.pending)               |
-| leases               | leases               | sorted set: keys with an attempt in    |
-|                      |                      | flight, by lease expiry (the gauge)    |
+| method               | name                   | holds                                  |
+|----------------------|------------------------|----------------------------------------|
+| resp(key)            | resp:{<key>}           | the answer (JSON Entry), or an alias   |
+| lock(key)            | lock:{<key>}           | single-flight lease, q:/r:<attempt>    |
+| done(key)            | done:{<key>}           | pub/sub channel: an attempt's Outcome  |
+| err(key)             | err:{<key>}            | the last failure, for a few seconds    |
+| followers(key)       | followers:{<key>}      | set: prompts following this generation |
+| stream(key)          | stream:{<key>}         | stream: the generation's tokens        |
+| aliases(entry_id)    | aliases:{<entry id>}   | set: exact keys holding a copy         |
+| inflight(namespace)  | inflight:{<namespace>} | stream: prompts being answered         |
+| semlog, semlog_epoch | semlog, semlog:{epoch} | the index's change log, its life       |
+| emb(model, sha)      | emb:{<model>:<sha>}    | embedding cache                        |
+| nsthreshold          | nsthreshold            | hash: namespaces' earned thresholds    |
+| scorethreshold       | scorethreshold         | hash: namespaces' audited pair-model   |
+|                      |                        | score thresholds                       |
+| auditcounts          | auditcounts            | hash: audits judged right / wrong      |
+| rl(ident)            | rl:{<ident>}           | hash: a rate-limit bucket              |
+| apikey(sha)          | apikey:{<sha>}         | an API key's user, for a minute        |
+| job(id)              | job:{<id>}             | an async chat job: pending, its job;   |
+|                      |                        | done, only its answer or error         |
+| embres(id)           | embres:{<id>}          | an embeddings result, for a minute     |
+| sweep                | sweep                  | the eviction sweep's lease             |
+| pendingputs          | pendingputs            | list: answers PostgreSQL could not     |
+|                      |                        | take yet (cache.pending)               |
+| leases               | leases                 | sorted set: keys with an attempt in    |
+|                      |                        | flight, by lease expiry (the gauge)    |
 
-Every name with an id goes through `_name`. Redis Cluster needs the keys one script
-touches in one slot; hash tags (`resp:{<key>}`) would be a change to `_name` alone, because
-Lua scripts that build a name from an id they read (the lease's heartbeat) and readers
+Every name with an id goes through `_name`, which puts the id in braces, a hash tag
+(`resp:{<key>}`): Redis Cluster then keeps all the names of one exact key (answer, lease,
+followers, stream, last failure) in one slot, so the scripts and transactions that touch
+them together run on a cluster unchanged. What touches the names of different ids (an
+alias and its entry, a follower and its leader) is done id by id (cache.lease,
+cache.store, cache.redisconn). Lua that builds a lock's name (none today) and readers
 that take an id out of a name (the wake-up hub) use `lock_parts` and `key_of_done`, never
-the format itself.
+the format itself. The names without an id (`leases`, `semlog`, ...) are one key each.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ class Keyspace:
         self.prefix = prefix
 
     def _name(self, kind: str, ident: str) -> str:
-        return f"{self.prefix}{kind}:{ident}"
+        return f"{self.prefix}{kind}:{{{ident}}}"
 
     def _parts(self, kind: str) -> tuple[str, str]:
         head, _, tail = self._name(kind, _MARK).partition(_MARK)

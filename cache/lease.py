@@ -9,13 +9,15 @@ writes after the first compare the attempt in Lua. When a worker dies the lease
 lapses and a waiting request takes it over (see webapp.chat).
 
 Followers (semantic coalescing): a request whose prompt is close to one being
-generated joins the leader's `followers:<key>` set and marks its own lock running,
-in one script that first checks the leader's lock still exists. The leader's
-release pops the set and deletes its lock in one script too, so a follower either
-joined before the release (and is popped and answered) or sees no lock and does not
-follow: "I follow you" and "I just finished" cannot cross. The leader's heartbeat
-keeps its followers' locks alive; if the leader dies, they lapse with it.
-Scripts touch follower locks named inside the set: single-node Redis, not Cluster.
+generated marks its own lock running (so nobody else generates its key meanwhile), then
+joins the leader's `followers:<key>` set in a script that first checks the leader's lock
+still exists. The leader's release pops the set and deletes its lock in one script too,
+so a follower either joined before the release (and is popped and answered) or sees no
+lock, does not follow, and puts its own lock back to queued: "I follow you" and "I just
+finished" cannot cross. The leader's heartbeat keeps its followers' locks alive; if the
+leader dies, they lapse with it. Each script touches the names of one key only (one hash
+tag), so the same steps run on a Redis Cluster, where a follower's lock and its leader's
+may live on different nodes.
 
 The `leases` sorted set counts attempts in flight for /metrics without scanning the
 keyspace: each acquire, claim and heartbeat puts the key there with its lease's expiry as
@@ -27,7 +29,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import redis
 
@@ -45,23 +46,29 @@ redis.call('SET', KEYS[1], ARGV[2] .. ':' .. ARGV[1], 'PX', ARGV[3])
 return 1
 """
 
-# KEYS[1] lock key; KEYS[2] its followers set; ARGV[1] attempt; ARGV[2] lease ms;
-# ARGV[3], ARGV[4] the text around the key in a lock's name (Keyspace.lock_parts).
-# Extends a running claim and the locks of its followers (members are
-# "<key> <attempt> <similarity>").
+# KEYS[1] lock key; KEYS[2] its followers set; ARGV[1] attempt; ARGV[2] lease ms.
+# Extends a running claim and its followers set; returns the followers (members are
+# "<key> <attempt> <similarity>"), or false when the claim is not ours any more.
 _EXTEND = """
 if redis.call('GET', KEYS[1]) ~= 'r:' .. ARGV[1] then
-  return 0
+  return false
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-for _, member in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-  local key, attempt = string.match(member, '^(%S+) (%S+)')
-  local lock = ARGV[3] .. key .. ARGV[4]
-  if redis.call('GET', lock) == 'r:' .. attempt then
-    redis.call('PEXPIRE', lock, ARGV[2])
-  end
-end
 redis.call('PEXPIRE', KEYS[2], ARGV[2] * 10)
+return redis.call('SMEMBERS', KEYS[2])
+"""
+
+# KEYS[1] a lock; ARGV[1] "<state>:<attempt>" it must hold; ARGV[2] the new value, or ""
+# to keep it; ARGV[3] lease ms. Compare, then set or extend.
+_SWAP = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+if ARGV[2] == '' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+else
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+end
 return 1
 """
 
@@ -77,21 +84,14 @@ end
 return followers
 """
 
-# KEYS[1] leader's lock; KEYS[2] leader's followers set; KEYS[3] follower's lock;
-# ARGV[1] member "<key> <attempt> <similarity>"; ARGV[2] follower attempt; ARGV[3] lease ms.
-# Joins only while the leader's lock exists, and marks the follower's key running so
-# nobody else generates it meanwhile.
-_FOLLOW = """
+# KEYS[1] leader's lock; KEYS[2] leader's followers set; ARGV[1] member "<key> <attempt>
+# <similarity>"; ARGV[2] lease ms. Joins only while the leader's lock exists.
+_JOIN = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return 0
 end
-local v = redis.call('GET', KEYS[3])
-if v and string.sub(v, 1, 2) == 'r:' and v ~= 'r:' .. ARGV[2] then
-  return 0
-end
 redis.call('SADD', KEYS[2], ARGV[1])
-redis.call('PEXPIRE', KEYS[2], ARGV[3] * 10)
-redis.call('SET', KEYS[3], 'r:' .. ARGV[2], 'PX', ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[2] * 10)
 return 1
 """
 
@@ -106,7 +106,8 @@ class Lease:
         self._claim = client.register_script(_CLAIM)
         self._extend = client.register_script(_EXTEND)
         self._release = client.register_script(_RELEASE)
-        self._follow = client.register_script(_FOLLOW)
+        self._swap = client.register_script(_SWAP)
+        self._join = client.register_script(_JOIN)
 
     def acquire(self, exact_key: str, attempt: str) -> bool:
         """Web side: become the one request that dispatches an attempt."""
@@ -117,37 +118,32 @@ class Lease:
             pipe.zadd(self.keys.leases, {exact_key: self._expiry()})
             return bool(pipe.execute()[0])
 
-    def claim(self, exact_key: str, attempt: str, state: str) -> bool:
-        """Worker side: mark the attempt queued ("q") or running ("r") with a fresh lease."""
+    def claim(self, exact_key: str, attempt: str, state: str, gauge: bool = True) -> bool:
+        """Worker side: mark the attempt queued ("q") or running ("r") with a fresh lease
+        (and count it in the `leases` gauge, unless it follows another attempt)."""
         if state not in ("q", "r"):
             raise ValueError("state must be 'q' or 'r'")
         lock = self.keys.lock(exact_key)
         claimed = bool(self._claim(keys=[lock], args=[attempt, state, self.lease_ms]))
-        if claimed:
+        if claimed and gauge:
             self.client.zadd(self.keys.leases, {exact_key: self._expiry()})
         return claimed
 
     def extend(self, exact_key: str, attempt: str) -> bool:
         """Heartbeat of a running attempt; also keeps its followers' leases alive."""
         keys = [self.keys.lock(exact_key), self.keys.followers(exact_key)]
-        extended = bool(
-            self._extend(keys=keys, args=[attempt, self.lease_ms, *self.keys.lock_parts])
-        )
-        if extended:
-            self.client.zadd(self.keys.leases, {exact_key: self._expiry()})
-        return extended
+        members = self._extend(keys=keys, args=[attempt, self.lease_ms])
+        if members is None:
+            return False
+        for f in followers(members):  # each in its own slot on a cluster
+            self._swap(keys=[self.keys.lock(f.key)], args=[f"r:{f.attempt}", "", self.lease_ms])
+        self.client.zadd(self.keys.leases, {exact_key: self._expiry()})
+        return True
 
-    def release(self, exact_key: str, attempt: str, client: Any = None) -> Any:
-        """Compare-and-delete; returns the popped followers as `Follower`s (or, with a
-        pipeline as `client`, queues the call, first of the two it queues: decode its
-        result with `followers()`)."""
+    def release(self, exact_key: str, attempt: str) -> list[Follower]:
+        """Compare-and-delete; returns the popped followers. (A finished attempt releases
+        in cache.store's _FINISH instead, together with its wake-up.)"""
         keys = [self.keys.lock(exact_key), self.keys.followers(exact_key)]
-        if client is not None:
-            # EVAL in a pipeline: with a registered script redis-py would first send
-            # SCRIPT EXISTS, one more round trip; Redis caches the compiled script anyway.
-            queued = client.eval(_RELEASE, 2, *keys, attempt)
-            client.zrem(self.keys.leases, exact_key)
-            return queued
         popped = followers(self._release(keys=keys, args=[attempt]))
         self.client.zrem(self.keys.leases, exact_key)
         return popped
@@ -157,10 +153,17 @@ class Lease:
         return time.time() * 1000 + self.lease_ms
 
     def follow(self, leader_key: str, me: Follower) -> bool:
-        """Join the attempt generating `leader_key`; False if it has already finished."""
+        """Join the attempt generating `leader_key`; False if it has already finished (or
+        another attempt runs our key), and then our lock is as it was: queued."""
         ks = self.keys
-        keys = [ks.lock(leader_key), ks.followers(leader_key), ks.lock(me.key)]
-        return bool(self._follow(keys=keys, args=[me.member(), me.attempt, self.lease_ms]))
+        if not self.claim(me.key, me.attempt, "r", gauge=False):
+            return False
+        joined = [ks.lock(leader_key), ks.followers(leader_key)]
+        if self._join(keys=joined, args=[me.member(), self.lease_ms]):
+            return True
+        self._swap(keys=[ks.lock(me.key)], args=[f"r:{me.attempt}", f"q:{me.attempt}",
+                                                  self.lease_ms])  # fmt: skip
+        return False
 
 
 @dataclass(frozen=True)

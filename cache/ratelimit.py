@@ -8,6 +8,7 @@ from typing import Any
 import redis
 
 from cache.keyspace import Keyspace
+from cache.redisconn import is_cluster
 
 # KEYS[1] bucket; KEYS[2] (optional) a key to read in the same call; ARGV[1] capacity
 # (tokens); ARGV[2] refill per ms; ARGV[3] (optional) the tokens to take, else 1. Time is
@@ -62,9 +63,13 @@ class RateLimiter:
         wait or 0, the key's value). Without a limit, just the read."""
         if self.per_minute <= 0:
             return 0.0, self.client.get(key) if key is not None else None
-        keys = [self.keys.rl(ident)] + ([key] if key is not None else [])
+        # On a Redis Cluster the bucket and the answer are in different slots: two commands.
+        together = key is not None and not is_cluster(self.client)
+        keys = [self.keys.rl(ident)] + ([key] if together and key is not None else [])
         args = [self.per_minute, self.per_minute / 60_000, min(cost, self.per_minute)]
         reply: Any = self._take(keys=keys, args=args)
         allowed, wait_ms = reply[0], reply[1]
         value = reply[2] if len(reply) > 2 else None
+        if key is not None and not together:
+            value = self.client.get(key)
         return (0.0 if allowed else math.ceil(int(wait_ms) / 1000)), value

@@ -1,15 +1,19 @@
 """Exact store: hot answers in Redis and the wake-up of everyone waiting for one.
 
 A finished attempt writes `resp:<key>`, publishes its Outcome on `done:<key>` and
-releases its lease in one MULTI, so a waiter that checks after subscribing can
-never miss both the value and the message. The release pops the attempt's
-followers (similar prompts that waited for it), which get the same answer under
-their own keys, as `coalesced`, or the same error.
+releases its lease in one script (all names of one key, one hash tag: one slot of a
+Redis Cluster too), so a waiter that checks after subscribing can never miss both the
+value and the message. The release pops the attempt's followers (similar prompts that
+waited for it), which get the same answer under their own keys, as `coalesced`, or the
+same error.
 
 A copy of an entry under another key (an alias: a semantic hit, a follower's answer)
 records the similarity it was made at (cache.entry: Entry.serves), never outlives the
 entry's own hot copy, and is listed in `aliases:<entry id>` so that it goes with the entry.
-Dropping copies compares the entry id first: a key answered again since keeps its answer.
+It is written before its key's wake-up, so a waiter finds it the same way. Its names
+belong to three ids (the alias, the entry, the list), so it is written name by name, as
+is dropping copies, which compares the entry id first: a key answered again since keeps
+its answer.
 """
 
 from __future__ import annotations
@@ -22,52 +26,65 @@ import redis
 from cache.entry import Entry, Outcome
 from cache.job import COALESCED
 from cache.keyspace import Keyspace
-from cache.lease import Follower, Lease, followers
+from cache.lease import Follower, followers
+from cache.redisconn import get_many
 from cache.repo import Removed
 from cache.semantic import SemanticIndex
 
 ERROR_MEMORY_S = 10
 
-# KEYS[1] the alias resp:<key>; KEYS[2] the entry's own resp:<entry key>; KEYS[3] its
-# aliases:<entry id>; ARGV[1] the alias's value; ARGV[2] TTL ms asked; ARGV[3] <key>.
-# The alias lives no longer than the entry's own hot copy, and the set as long as its
-# longest-lived alias.
-_ALIAS = """
-local ttl = tonumber(ARGV[2])
-local left = redis.call('PTTL', KEYS[2])
-if left > 0 and left < ttl then
-  ttl = left
+# KEYS[1] resp:<key>; KEYS[2] err:<key>; KEYS[3] lock:<key>; KEYS[4] followers:<key>;
+# ARGV[1] the done:<key> channel; ARGV[2] the Outcome; ARGV[3] the attempt; ARGV[4] seconds
+# to remember a failure, or 0; ARGV[5] the entry to store at KEYS[1], or ""; ARGV[6] its
+# TTL s. Stores, wakes, then releases the lease like cache.lease's _RELEASE (its followers
+# popped and returned, the lock compare-and-deleted).
+_FINISH = """
+if ARGV[5] ~= '' then
+  redis.call('SET', KEYS[1], ARGV[5], 'EX', ARGV[6])
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
-redis.call('SADD', KEYS[3], ARGV[3])
-if redis.call('PTTL', KEYS[3]) < ttl then
-  redis.call('PEXPIRE', KEYS[3], ttl)
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+if tonumber(ARGV[4]) > 0 then
+  redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[4])
 end
-return ttl
+local followers = redis.call('SMEMBERS', KEYS[4])
+redis.call('DEL', KEYS[4])
+local v = redis.call('GET', KEYS[3])
+if v == 'q:' .. ARGV[3] or v == 'r:' .. ARGV[3] then
+  redis.call('DEL', KEYS[3])
+end
+return followers
 """
 
-# KEYS[1] aliases:<entry id>; KEYS[2..n] resp:<k> of copies to drop; ARGV[1] the entry's
-# id; ARGV[2..n] the keys k, in the same order. Deletes each copy that still holds this
-# entry, and takes k out of the set either way.
-_DROP = """
-local dropped = 0
-for i = 2, #KEYS do
-  local v = redis.call('GET', KEYS[i])
-  if v and cjson.decode(v)['id'] == ARGV[1] then
-    redis.call('DEL', KEYS[i])
-    dropped = dropped + 1
-  end
-  redis.call('SREM', KEYS[1], ARGV[i])
+# KEYS[1] aliases:<entry id>; ARGV[1] an alias's key; ARGV[2] its TTL ms. The set lives as
+# long as its longest-lived alias.
+_LIST = """
+redis.call('SADD', KEYS[1], ARGV[1])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
-return dropped
+return 1
+"""
+
+# KEYS[1] resp:<key> of a copy; ARGV[1] the entry's id. Deletes the copy if it still holds
+# this entry.
+_DROP = """
+local v = redis.call('GET', KEYS[1])
+if v and cjson.decode(v)['id'] == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
 """
 
 
 class ExactStore:
-    def __init__(self, client: redis.Redis, keys: Keyspace, lease: Lease) -> None:
+    def __init__(self, client: redis.Redis, keys: Keyspace) -> None:
         self.client = client
         self.keys = keys
-        self.lease = lease
+        # Scripts are called one by one: a cluster pipeline does not take them.
+        self._finish_script = client.register_script(_FINISH)
+        self._list = client.register_script(_LIST)
+        self._drop_one = client.register_script(_DROP)
 
     def get(self, exact_key: str) -> Entry | None:
         raw = self.client.get(self.keys.resp(exact_key))
@@ -82,9 +99,10 @@ class ExactStore:
         return (Entry.from_json(raw) if raw else None), holder, failure
 
     def put(self, exact_key: str, entry: Entry, ttl_s: int) -> None:
-        with self.client.pipeline(transaction=True) as pipe:
-            self._put(pipe, exact_key, entry, ttl_s)
-            pipe.execute()
+        if exact_key == entry.key:
+            self.client.set(self.keys.resp(exact_key), entry.to_json(), ex=ttl_s)
+        else:
+            self._alias(exact_key, entry, ttl_s)
 
     def forget(self, entry_id: str, exact_key: str) -> None:
         """Drop an entry's hot copy and every exact alias that points to it."""
@@ -101,7 +119,7 @@ class ExactStore:
             members = sorted(self._aliases_of(entry_id))
             if not members:
                 continue
-            raws = self.client.mget([self.keys.resp(k) for k in members])
+            raws = get_many(self.client, [self.keys.resp(k) for k in members])
             below = [k for k, raw in zip(members, raws, strict=True)
                      if raw and not Entry.from_json(raw).serves(k, threshold)]  # fmt: skip
             dropped += self._drop(entry_id, below) if below else 0
@@ -112,67 +130,74 @@ class ExactStore:
         return {m.decode() for m in members}
 
     def _drop(self, entry_id: str, keys: list[str]) -> int:
-        names = [self.keys.aliases(entry_id), *(self.keys.resp(k) for k in keys)]
-        return int(self.client.eval(_DROP, len(names), *names, entry_id, *keys))
+        dropped = sum(int(self._drop_one(keys=[self.keys.resp(k)], args=[entry_id])) for k in keys)
+        self.client.srem(self.keys.aliases(entry_id), *keys)
+        return dropped
 
-    def _publish(self, pipe: Any, exact_key: str, outcome: Outcome) -> None:
-        pipe.publish(self.keys.done(exact_key), outcome.to_json())
-        if outcome.error_code is not None:
-            # Remembered briefly so a waiter that saw this attempt hold the lease, and
-            # missed the message, reports the error instead of trying again.
-            pipe.set(self.keys.err(exact_key), outcome.to_json(), ex=ERROR_MEMORY_S)
-
-    def _put(
+    def _alias(
         self,
-        pipe: Any,
         exact_key: str,
         entry: Entry,
         ttl_s: int,
         similarity: float | None = None,
         threshold: float | None = None,
     ) -> None:
-        if exact_key == entry.key:
-            pipe.set(self.keys.resp(exact_key), entry.to_json(), ex=ttl_s)
-            return
-        # An alias (semantic hit, follower): served only at its similarity, gone with its entry.
+        """A copy served only at its similarity, listed with its entry, gone with it."""
         copy = replace(entry, similarity=similarity, threshold=threshold)
-        names = [self.keys.resp(exact_key), self.keys.resp(entry.key), self.keys.aliases(entry.id)]
-        pipe.eval(_ALIAS, 3, *names, copy.to_json(), ttl_s * 1000, exact_key)
+        ttl_ms = ttl_s * 1000
+        left = int(self.client.pttl(self.keys.resp(entry.key)))
+        if 0 < left < ttl_ms:
+            ttl_ms = left
+        self._list(keys=[self.keys.aliases(entry.id)], args=[exact_key, ttl_ms])
+        self.client.set(self.keys.resp(exact_key), copy.to_json(), px=ttl_ms)
 
     def finish(self, exact_key: str, outcome: Outcome, ttl_s: int | None) -> list[Follower]:
         """Store the entry (unless ttl_s is None: no-store), wake waiters, release the
         lease, then answer the followers; returns them."""
-        with self.client.pipeline(transaction=True) as pipe:
-            if outcome.entry is not None and ttl_s is not None:
-                self._put(pipe, exact_key, outcome.entry, ttl_s, outcome.similarity,
-                          outcome.threshold)  # fmt: skip
-            self._publish(pipe, exact_key, outcome)
-            released = len(pipe)  # the position of the release's result
-            self.lease.release(exact_key, outcome.attempt, client=pipe)
-            popped = followers(pipe.execute()[released])
+        popped = self._finish(exact_key, outcome, ttl_s, outcome.similarity, outcome.threshold)
         # Followers may have followers of their own (C followed B, then B followed A):
         # answer them level by level until nobody is left waiting.
         pending, answered = popped, []
         while pending:
-            releases = []  # positions of the release results in the pipeline
-            with self.client.pipeline(transaction=True) as pipe:
-                for f in pending:
-                    mine = replace(
-                        outcome,
-                        attempt=f.attempt,
-                        status=COALESCED,  # generated for the prompt it followed
-                        similarity=f.similarity,
-                        matched_prompt=outcome.entry.prompt if outcome.entry else None,
-                    )
-                    if mine.entry is not None and ttl_s is not None:
-                        self._put(pipe, f.key, mine.entry, ttl_s, f.similarity)
-                    self._publish(pipe, f.key, mine)
-                    releases.append(len(pipe))
-                    self.lease.release(f.key, f.attempt, client=pipe)
-                results = pipe.execute()
+            nested: list[Follower] = []
+            for f in pending:
+                mine = replace(
+                    outcome,
+                    attempt=f.attempt,
+                    status=COALESCED,  # generated for the prompt it followed
+                    similarity=f.similarity,
+                    matched_prompt=outcome.entry.prompt if outcome.entry else None,
+                )
+                nested += self._finish(f.key, mine, ttl_s, f.similarity)
             answered += pending
-            pending = [g for i in releases for g in followers(results[i])]
+            pending = nested
         return answered
+
+    def _finish(
+        self,
+        exact_key: str,
+        outcome: Outcome,
+        ttl_s: int | None,
+        similarity: float | None,
+        threshold: float | None = None,
+    ) -> list[Follower]:
+        """One key's end: its answer stored (or aliased), its wake-up, its release."""
+        own = ""
+        entry = outcome.entry
+        if entry is not None and ttl_s is not None:
+            if exact_key == entry.key:
+                own = entry.to_json()
+            else:
+                self._alias(exact_key, entry, ttl_s, similarity, threshold)
+        ks = self.keys
+        names = [ks.resp(exact_key), ks.err(exact_key), ks.lock(exact_key),
+                 ks.followers(exact_key)]  # fmt: skip
+        remember_s = ERROR_MEMORY_S if outcome.error_code is not None else 0
+        args: list[str | int] = [ks.done(exact_key), outcome.to_json(), outcome.attempt,
+                                 remember_s, own, ttl_s or 0]  # fmt: skip
+        popped = followers(self._finish_script(keys=names, args=args))
+        self.client.zrem(ks.leases, exact_key)
+        return popped
 
 
 def forget_everywhere(removed: list[Removed], store: ExactStore, index: SemanticIndex) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 import redis
 
 from cache.keyspace import Keyspace
+from cache.redisconn import by_slot, is_cluster
 
 log = logging.getLogger(__name__)
 
@@ -104,14 +105,28 @@ class TokenHub:
                 time.sleep(self.block_ms / 1000)
                 continue
             try:
-                reply: Any = self.client.xread(wanted, block=self.block_ms, count=500)  # type: ignore[arg-type]
+                reply = self._read(wanted)
             except redis.RedisError as exc:
                 log.warning("token stream read failed (%s); retrying", exc)
                 time.sleep(0.5)
                 continue
-            for raw_name, entries in reply or []:
+            for raw_name, entries in reply:
                 name = raw_name.decode() if isinstance(raw_name, bytes) else raw_name
                 self._deliver(name, entries)
+
+    def _read(self, wanted: dict[str, str]) -> list[Any]:
+        """New entries of the wanted streams, waiting up to block_ms for the first. On a
+        Redis Cluster one XREAD names streams of one slot only: each slot is read without
+        waiting, and an empty round sleeps a tenth of block_ms instead."""
+        if not is_cluster(self.client):
+            reply: Any = self.client.xread(wanted, block=self.block_ms, count=500)  # type: ignore[arg-type]
+            return reply or []
+        out: list[Any] = []
+        for names in by_slot(list(wanted)):
+            out += self.client.xread({n: wanted[n] for n in names}, count=500) or []
+        if not out:
+            time.sleep(self.block_ms / 10_000)
+        return out
 
     def _deliver(self, name: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         with self._lock:

@@ -7,7 +7,8 @@ subscription is confirmed before `start()` returns, so "register, then check the
 key, then wait" cannot lose a wake-up. If the connection drops, messages sent
 meanwhile are lost: waiters therefore also poll (see webapp.chat), and the
 subscriber reconnects on its own. The waiters of one key share that polling: whoever
-finds the outcome hands it to the others through `deliver()`.
+finds the outcome hands it to the others through `deliver()`. On a Redis Cluster the one
+connection goes to any primary: a PUBLISH reaches every node.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from contextlib import contextmanager
 
 import redis
 
+from cache import redisconn
 from cache.entry import Outcome
 from cache.keyspace import Keyspace
 
@@ -83,7 +85,7 @@ class WakeupHub:
                 backoff = min(backoff * 2, 5.0)
 
     def _listen(self) -> None:
-        pubsub = self.client.pubsub(ignore_subscribe_messages=False)
+        pubsub = redisconn.pubsub(self.client)
         try:
             pubsub.psubscribe(self.keys.done_pattern)
             while True:

@@ -23,6 +23,7 @@ from cache import EmbeddingCache, ExactStore, InFlightPrompts, Keyspace, Lease, 
 from cache.audit import Calibration, choose_threshold
 from cache.job import AuditJob
 from cache.pending import PendingPuts
+from cache.redisconn import connect
 from cache.repo import CacheRepo
 from cache.tokens import TokenWriter
 from cache.verify import Verifier
@@ -163,7 +164,7 @@ def resources() -> Resources:
 
 def _build() -> Resources:
     conf = current()
-    client = redis.Redis.from_url(conf.redis_url, **redis_timeouts(conf.redis_timeout_s))
+    client = connect(conf.redis_url, conf.redis_cluster, **redis_timeouts(conf.redis_timeout_s))
     keys = Keyspace(conf.flock_key_prefix)
     lease = Lease(client, keys, conf.lock_lease_ms)
     # A connection within a third of the lease, or PostgreSQL counts as out of reach (a
@@ -186,7 +187,7 @@ def _build() -> Resources:
         redis=client,
         keys=keys,
         lease=lease,
-        store=ExactStore(client, keys, lease),
+        store=ExactStore(client, keys),
         repo=repo,
         index=SemanticIndex(
             client,

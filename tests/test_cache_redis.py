@@ -118,7 +118,7 @@ def test_embedding_cache_computes_each_text_once(redis_client, keys):
 
 def _store(redis_client, keys, lease_ms=5000):
     lease = Lease(redis_client, keys, lease_ms)
-    return lease, ExactStore(redis_client, keys, lease)
+    return lease, ExactStore(redis_client, keys)
 
 
 def _entry(key="lead", prompt="how do I reset my router"):

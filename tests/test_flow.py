@@ -58,7 +58,7 @@ def res(redis_client: redis.Redis, database: str, standin) -> Iterator[Resources
             redis=redis_client,
             keys=keys,
             lease=lease,
-            store=ExactStore(redis_client, keys, lease),
+            store=ExactStore(redis_client, keys),
             repo=repo,
             index=SemanticIndex(redis_client, keys, repo.vectors),
             inflight=InFlightPrompts(redis_client, keys),

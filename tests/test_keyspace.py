@@ -1,4 +1,4 @@
-"""Redis key names: built in cache/keyspace.py and nowhere else, and ready for hash tags."""
+"""Redis key names: built in cache/keyspace.py and nowhere else, one hash tag per id."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 import uuid
 from pathlib import Path
 
-import pytest
+from redis.cluster import key_slot
 
 from cache import Follower, Keyspace, Lease
 
@@ -27,7 +27,7 @@ def _kinds() -> set[str]:
         attr = getattr(ks, name)
         value = attr if not callable(attr) else attr(*[_ID] * (attr.__code__.co_argcount - 1))
         for text in value if isinstance(value, tuple) else (value,):
-            head = text.partition(_ID)[0].partition("*")[0]
+            head = text.partition(_ID)[0].partition("*")[0].rstrip("{")  # without the hash tag
             if head:
                 kinds.add(head)
     return kinds
@@ -75,25 +75,27 @@ def test_key_names_are_built_in_keyspace_only():
     assert found == []
 
 
-class Tagged(Keyspace):
-    """What a Redis Cluster deployment would change: the id inside a hash tag."""
+def test_the_names_of_one_key_share_a_cluster_slot():
+    """One hash tag per id: every script and transaction of one exact key runs in one slot."""
+    ks = Keyspace("p:")
+    for key in ("abc", "k" * 64, "x{y}z"):
+        names = [ks.resp(key), ks.lock(key), ks.done(key), ks.err(key), ks.followers(key),
+                 ks.stream(key)]  # fmt: skip
+        assert len({key_slot(n.encode()) for n in names}) == 1, names
+    spread = {key_slot(ks.resp(f"{i:064x}").encode()) for i in range(200)}
+    assert len(spread) > 150  # and different keys spread over the slots
 
-    def _name(self, kind: str, ident: str) -> str:
-        return f"{self.prefix}{kind}:{{{ident}}}"
 
-
-@pytest.mark.parametrize("keys", [Keyspace("p:"), Tagged("p:")], ids=["plain", "tagged"])
-def test_names_split_around_their_id(keys):
+def test_names_split_around_their_id():
+    keys = Keyspace("p:")
     assert keys.key_of_done(keys.done("abc")) == "abc"
     head, tail = keys.lock_parts
     assert head + "abc" + tail == keys.lock("abc")
     assert keys.lock_pattern == f"{head}*{tail}"
 
 
-@pytest.mark.parametrize("keys", [Keyspace, Tagged], ids=["plain", "tagged"])
-def test_the_heartbeat_names_follower_locks_through_the_keyspace(redis_client, keys):
-    """Lua builds follower lock names from the keyspace's parts: tags included."""
-    ks = keys(f"t:{uuid.uuid4().hex[:8]}:")
+def test_the_heartbeat_keeps_follower_locks_alive(redis_client):
+    ks = Keyspace(f"t:{uuid.uuid4().hex[:8]}:")
     lease = Lease(redis_client, ks, 1000)
     try:
         assert lease.claim("leader", "a1", "r")

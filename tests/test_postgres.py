@@ -180,7 +180,7 @@ def test_an_expired_entry_stops_matching_everywhere(stack, standin, ns):
 def test_the_size_bound_evicts_the_least_recently_hit(stack, standin, database, redis_client, ns):
     from psycopg_pool import ConnectionPool
 
-    from cache import ExactStore, Keyspace, Lease, SemanticIndex
+    from cache import ExactStore, Keyspace, SemanticIndex
     from cache.repo import CacheRepo
 
     old = post_chat(stack.url, {"prompt": "Why do cats purr?", **ns}).json()
@@ -198,7 +198,7 @@ def test_the_size_bound_evicts_the_least_recently_hit(stack, standin, database, 
     with ConnectionPool(database, min_size=1, kwargs={"autocommit": True}) as pool:
         repo = CacheRepo(pool)
         keys = Keyspace("flock:v1:")
-        store = ExactStore(redis_client, keys, Lease(redis_client, keys, 3000))
+        store = ExactStore(redis_client, keys)
         index = SemanticIndex(redis_client, keys, repo.vectors)
         assert sweep(repo, store, index, bound) == 1
 

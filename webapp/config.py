@@ -10,6 +10,7 @@ from settings import Settings
 def from_settings(s: Settings) -> dict[str, Any]:
     return {
         "REDIS_URL": s.redis_url,
+        "REDIS_CLUSTER": s.redis_cluster,
         "CELERY_BROKER_URL": s.broker_url,
         "DATABASE_URL": s.database_url,
         "DATABASE_POOL_SIZE": s.database_pool_size,

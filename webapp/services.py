@@ -15,6 +15,7 @@ from flask import Flask, current_app
 from cache import Entry, ExactStore, Keyspace, Lease, SemanticIndex, WakeupHub
 from cache.job import describe
 from cache.ratelimit import RateLimiter
+from cache.redisconn import connect, pooled
 from cache.repo import CacheRepo, Removed
 from cache.store import forget_everywhere
 from cache.tokens import TokenHub, TokenWriter
@@ -62,20 +63,21 @@ def init_app(app: Flask) -> None:
     # Blocking pool: under a burst, requests wait for a free connection instead of
     # failing with "Too many connections"; as long as they would wait for an answer (a
     # burst of 10,000 keeps the last ones queued here for seconds: no reason for a 503).
-    redis_pool = redis.BlockingConnectionPool.from_url(
+    cluster = cfg["REDIS_CLUSTER"]
+    client = pooled(
         cfg["REDIS_URL"],
+        cluster,
         max_connections=cfg["REDIS_MAX_CONNECTIONS"],
-        timeout=cfg["REQUEST_TIMEOUT_S"],
+        wait_s=cfg["REQUEST_TIMEOUT_S"],
         **redis_timeouts(cfg["REDIS_TIMEOUT_S"]),
     )
-    client = redis.Redis(connection_pool=redis_pool)
     keys = Keyspace(cfg["KEY_PREFIX"])
     lease = Lease(client, keys, cfg["LOCK_LEASE_MS"])
-    store = ExactStore(client, keys, lease)
+    store = ExactStore(client, keys)
     # The subscriber holds its connection for good: give it its own, outside the pool.
     timeouts = redis_timeouts(cfg["REDIS_TIMEOUT_S"])
     # Its wait for messages is get_message(timeout=...), which the read timeout does not cut.
-    hub = WakeupHub(redis.Redis.from_url(cfg["REDIS_URL"], **timeouts), keys)
+    hub = WakeupHub(connect(cfg["REDIS_URL"], cluster, **timeouts), keys)
     celery_app.conf.broker_url = cfg["CELERY_BROKER_URL"]
     pool = db.pool_of(app)
     repo = CacheRepo(pool)
@@ -91,7 +93,7 @@ def init_app(app: Flask) -> None:
         limiter=RateLimiter(client, keys, cfg["REQUESTS_PER_MINUTE"]),
         log=RequestLog(pool, cfg["REQUEST_LOG_INTERVAL_S"]),
         tokens=TokenHub(
-            redis.Redis.from_url(cfg["REDIS_URL"], **timeouts),  # its XREAD blocks for 0.1 s
+            connect(cfg["REDIS_URL"], cluster, **timeouts),  # its XREAD blocks for 0.1 s
             TokenWriter(client, keys),
         ),
         auth_limiter=RateLimiter(client, keys, cfg["AUTH_ATTEMPTS_PER_MINUTE"]),

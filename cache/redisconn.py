@@ -1,0 +1,77 @@
+"""Redis clients for one Redis or a Redis Cluster (REDIS_CLUSTER), and the few commands
+whose keys may live on different nodes.
+
+Every multi-key script and transaction of Flock touches the names of one exact key (one
+hash tag: cache.keyspace), so a cluster client runs them unchanged. What reads or writes
+keys of different ids goes through the helpers here: a pipeline of single-key commands,
+which redis-py sends node by node on a cluster and in one round trip otherwise.
+
+A cluster client is typed as `redis.Redis`: RedisCluster offers the same command methods
+(it is not a subclass), and nothing here relies on more.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any, cast
+
+import redis
+from redis.cluster import RedisCluster, key_slot
+
+
+def connect(url: str, cluster: bool = False, **kwargs: Any) -> redis.Redis:
+    """A client of the Redis (or, with `cluster`, the Redis Cluster one node of) at `url`."""
+    if cluster:
+        return cast(redis.Redis, RedisCluster.from_url(url, **kwargs))
+    return redis.Redis.from_url(url, **kwargs)
+
+
+def pooled(
+    url: str, cluster: bool, max_connections: int, wait_s: float, **kwargs: Any
+) -> redis.Redis:
+    """A client whose callers wait up to `wait_s` for a free connection (at most
+    `max_connections`, per node on a cluster) instead of failing."""
+    if cluster:
+        return cast(redis.Redis, RedisCluster.from_url(
+            url, connection_pool_class=redis.BlockingConnectionPool,
+            max_connections=max_connections, timeout=wait_s, **kwargs,
+        ))  # fmt: skip
+    pool = redis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=wait_s, **kwargs
+    )
+    return redis.Redis(connection_pool=pool)
+
+
+def is_cluster(client: Any) -> bool:
+    return isinstance(client, RedisCluster)
+
+
+def get_many(client: redis.Redis, names: Sequence[str]) -> list[Any]:
+    """GET of each name, in order; names may hash to different slots."""
+    if not names:
+        return []
+    if not is_cluster(client):
+        return cast(list[Any], client.mget(names))
+    with client.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.get(name)
+        return pipe.execute()
+
+
+def by_slot(names: Sequence[str]) -> list[list[str]]:
+    """The names grouped by their cluster slot (one group per slot, in first-seen order)."""
+    groups: dict[int, list[str]] = {}
+    for name in names:
+        groups.setdefault(key_slot(name.encode()), []).append(name)
+    return list(groups.values())
+
+
+def pubsub(client: redis.Redis) -> Any:
+    """A pub/sub connection. On a cluster, to a random primary: PUBLISH reaches every node,
+    so any one hears every channel, and a reconnect after a node is lost tries another."""
+    if not is_cluster(client):
+        return client.pubsub(ignore_subscribe_messages=False)
+    cluster = cast(RedisCluster, client)
+    node = random.choice(cluster.get_primaries())
+    return cluster.pubsub(node=node, ignore_subscribe_messages=False)

@@ -1,0 +1,207 @@
+"""Flock on a Redis Cluster: a real cluster of three primaries started from the local
+redis-server binaries (tests/redis_servers.py), the Celery broker on a Redis of its own.
+
+First the Redis-level tests of tests/test_cache_redis.py run again with a cluster client
+(leases, followers whose lock lives on another node than their leader's, aliases, wake-ups,
+the semantic change log), then a full stack (web, embedder, llm worker) answers on it: a
+burst is one LLM call, a paraphrase is a semantic hit, similar prompts in flight follow
+one generation, tokens stream, and a node killed and started again empty costs nothing
+but the answers it held.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import redis
+from redis.cluster import RedisCluster
+
+from cache import Keyspace
+from cache.keys import CacheKey
+from tests.conftest import LEASE_MS, auth, create_user, nonsense_word, post_chat
+from tests.redis_servers import RedisCluster3, RedisServer
+from tests.sse import stream_chat, text_of
+from tests.stack import Stack
+
+# The Redis-level tests, run here with `redis_client` a cluster client (this module's).
+from tests.test_cache_redis import (  # noqa: F401
+    keys,
+    test_a_follower_joins_a_running_leader_and_gets_its_answer,
+    test_a_new_process_rebuilds_from_the_source_then_follows_the_log,
+    test_a_raised_threshold_drops_the_aliases_below_it,
+    test_a_running_claim_belongs_to_its_attempt,
+    test_an_alias_keeps_its_similarity_and_never_outlives_its_entry,
+    test_an_entry_added_by_one_process_is_found_by_the_other,
+    test_embedding_cache_computes_each_text_once,
+    test_followers_of_followers_and_errors_are_answered,
+    test_forgetting_an_entry_spares_a_key_answered_again_since,
+    test_heartbeat_keeps_followers_alive,
+    test_inflight_lists_earlier_announcements_in_order,
+    test_leases_in_flight_are_counted_without_scanning,
+    test_nobody_follows_a_leader_that_has_finished,
+    test_wake_ups_reach_every_waiter_of_their_key_in_the_process,
+)
+
+pytestmark = pytest.mark.slow
+
+MODEL = "llama3.2:1b"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Iterator[RedisCluster3]:
+    servers = RedisCluster3(tmp_path_factory.mktemp("cluster"))
+    try:
+        servers.start()
+        yield servers
+    finally:
+        servers.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_client(cluster) -> Iterator[redis.Redis]:
+    client = RedisCluster.from_url(cluster.url)
+    yield client  # type: ignore[misc]
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("broker"))
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture(scope="module")
+def cluster_stack(stack_env, cluster, broker, tmp_path_factory) -> Iterator[tuple[Stack, str]]:
+    env = {
+        **stack_env,
+        "REDIS_URL": cluster.url,
+        "REDIS_CLUSTER": "1",
+        "CELERY_BROKER_URL": f"{broker.url}/0",
+    }
+    stack = Stack(env=env, logdir=tmp_path_factory.mktemp("cluster-logs"))
+    try:
+        stack.start_worker("embedder", "embed", concurrency=2, pool="threads")
+        stack.start_worker("llm", "llm", concurrency=4, pool="threads")
+        stack.start_web(workers=1)
+        yield stack, create_user(env, f"cluster-{uuid.uuid4().hex[:6]}")
+    finally:
+        stack.stop()
+
+
+def question() -> str:
+    return f"Who invented the {nonsense_word()} and why is it {nonsense_word()}?"
+
+
+def test_a_burst_on_a_cluster_is_one_llm_call(cluster_stack, standin, ns):
+    stack, key = cluster_stack
+    standin.configure(latency_s=1.0)
+    prompt = question()
+    with ThreadPoolExecutor(30) as pool:
+        responses = list(pool.map(
+            lambda _: post_chat(stack.url, {"prompt": prompt, **ns}, key=key), range(30)
+        ))  # fmt: skip
+    assert [r.status_code for r in responses] == [200] * 30, stack.procs["web"].tail()
+    statuses = Counter(r.json()["cache"]["status"] for r in responses)
+    assert statuses["miss"] == 1 and set(statuses) <= {"miss", "coalesced", "exact"}, statuses
+    assert len({r.json()["cache"]["entry_id"] for r in responses}) == 1
+    assert standin.calls()["chat"] == 1
+    again = post_chat(stack.url, {"prompt": prompt, **ns}, key=key).json()
+    assert again["cache"]["status"] == "exact"
+
+
+def test_a_paraphrase_is_a_semantic_hit_on_a_cluster(cluster_stack, standin, ns):
+    stack, key = cluster_stack
+    t = nonsense_word()
+    first = post_chat(stack.url, {"prompt": f"How long should I boil a {t} egg?", **ns}, key=key)
+    assert first.status_code == 200 and first.json()["cache"]["status"] == "miss", first.text
+    hit = post_chat(stack.url, {"prompt": f"How long do I need to boil a {t} egg?", **ns}, key=key)
+    assert hit.status_code == 200, hit.text
+    assert hit.json()["cache"]["status"] == "semantic", hit.json()["cache"]
+    assert hit.json()["cache"]["entry_id"] == first.json()["cache"]["entry_id"]
+    assert standin.calls()["chat"] == 1
+
+
+def _lock_port(cluster: RedisCluster3, prompt: str, ns: dict) -> int:
+    key = CacheKey.build(MODEL, [{"role": "user", "content": prompt}], ns["options"]).exact
+    return cluster.node_of(Keyspace("flock:v1:").lock(key)).port
+
+
+def test_similar_prompts_in_flight_follow_one_generation_across_nodes(
+    cluster_stack, cluster, standin, ns
+):
+    """The followers' locks live on other nodes than their leader's, yet the three prompts
+    cost one LLM call."""
+    stack, key = cluster_stack
+    standin.configure(latency_s=2.0)
+    while True:
+        t = nonsense_word()
+        wordings = [
+            f"How long should I boil a {t} egg?",
+            f"How long do I need to boil a {t} egg?",
+            f"How long must I boil a {t} egg?",
+        ]
+        ports = [_lock_port(cluster, w, ns) for w in wordings]
+        if ports[0] not in ports[1:]:
+            break
+    with ThreadPoolExecutor(len(wordings)) as pool:
+        leader = pool.submit(post_chat, stack.url, {"prompt": wordings[0], **ns}, key=key)
+        time.sleep(0.8)  # the leader is generating
+        others = list(pool.map(
+            lambda w: post_chat(stack.url, {"prompt": w, **ns}, key=key), wordings[1:]
+        ))  # fmt: skip
+        first = leader.result()
+    bodies = [first.json(), *(r.json() for r in others)]
+    assert [b["cache"]["status"] for b in bodies] == ["miss", "coalesced", "coalesced"], bodies
+    assert {b["cache"]["entry_id"] for b in bodies} == {first.json()["cache"]["entry_id"]}
+    assert standin.calls()["chat"] == 1
+
+
+def test_tokens_stream_on_a_cluster(cluster_stack, standin, ns):
+    stack, key = cluster_stack
+    standin.configure(latency_s=0.5)
+    prompt = question()
+    events = stream_chat(stack.url, {"prompt": prompt, **ns}, auth(key))
+    assert [e for e, _, _ in events][-1] == "done", events
+    assert prompt in text_of(events)
+    assert standin.calls()["chat"] == 1
+
+
+def test_a_node_restarted_empty_costs_only_what_it_held(cluster_stack, cluster, standin, ns):
+    stack, key = cluster_stack
+    asked = [question() for _ in range(6)]
+    port = _lock_port(cluster, asked[0], ns)
+    victim = next(n for n in cluster.nodes if n.port == port)
+    for p in asked:
+        assert post_chat(stack.url, {"prompt": p, **ns}, key=key).status_code == 200
+    victim.kill()
+    time.sleep(2)  # the other nodes mark it failed
+    victim.start()  # same port and slots, no data
+    cluster.wait_ok()
+
+    # Asked again, each stored answer is served (from Redis, or from PostgreSQL where the
+    # node lost it: asked[0] at least) without a new LLM call...
+    budget = LEASE_MS / 1000 + 10
+    for p in asked:
+        resp = post_chat(stack.url, {"prompt": p, **ns}, key=key, timeout=budget)
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["cache"]["status"] in ("exact", "semantic"), resp.json()["cache"]
+    assert standin.calls()["chat"] == len(asked)
+    # ...and new questions, on the restarted node's slots and on the others', are answered
+    # within the lease, with no process restarted.
+    fresh = [question() for _ in range(60)]
+    on_victim = [q for q in fresh if _lock_port(cluster, q, ns) == victim.port]
+    elsewhere = [q for q in fresh if _lock_port(cluster, q, ns) != victim.port]
+    for q in on_victim[:3] + elsewhere[:3]:
+        started = time.monotonic()
+        resp = post_chat(stack.url, {"prompt": q, **ns}, key=key, timeout=budget)
+        assert resp.status_code == 200, (resp.text, stack.procs["embedder"].tail())
+        assert time.monotonic() - started < budget
+    assert standin.calls()["chat"] == len(asked) + 6
+    assert all(proc.alive() for proc in stack.procs.values())
