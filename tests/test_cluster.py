@@ -19,11 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
+import requests
 from redis.cluster import RedisCluster
 
 from cache import Keyspace
 from cache.keys import CacheKey
-from tests.conftest import LEASE_MS, auth, create_user, nonsense_word, post_chat
+from tests.conftest import LEASE_MS, auth, create_user, nonsense_word, ops, post_chat
 from tests.redis_servers import RedisCluster3, RedisServer
 from tests.sse import stream_chat, text_of
 from tests.stack import Stack
@@ -171,6 +172,19 @@ def test_tokens_stream_on_a_cluster(cluster_stack, standin, ns):
     assert [e for e, _, _ in events][-1] == "done", events
     assert prompt in text_of(events)
     assert standin.calls()["chat"] == 1
+
+
+def test_readiness_and_gauges_read_the_cluster(cluster_stack, standin, ns):
+    stack, key = cluster_stack
+    ready = requests.get(f"{stack.url}/readyz", headers=ops(), timeout=10).json()
+    assert ready["status"] == "ready" and ready["checks"]["redis"]["ok"], ready
+    standin.configure(latency_s=1.5)
+    with ThreadPoolExecutor(1) as pool:
+        asked = pool.submit(post_chat, stack.url, {"prompt": question(), **ns}, key=key)
+        time.sleep(0.7)
+        scrape = requests.get(f"{stack.url}/metrics", headers=ops(), timeout=10).text
+        assert asked.result().status_code == 200
+    assert "flock_inflight_leases 1.0" in scrape, scrape[-2000:]
 
 
 def test_a_node_restarted_empty_costs_only_what_it_held(cluster_stack, cluster, standin, ns):

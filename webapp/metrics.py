@@ -30,6 +30,7 @@ from prometheus_client.registry import Collector
 
 from cache import Keyspace
 from cache.lease import in_flight
+from cache.redisconn import connect
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -74,17 +75,18 @@ def observe_answer(status: str, latency_s: float, tokens_saved: int) -> None:
 
 
 @lru_cache(maxsize=8)
-def timed_redis(url: str) -> redis.Redis:
+def timed_redis(url: str, cluster: bool = False) -> redis.Redis:
     """A client with short timeouts, for probes and scrapes: a dead Redis must make them
     report it, not hang (the web's pool waits up to 10 s for a connection)."""
-    return redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+    return connect(url, cluster, socket_connect_timeout=1, socket_timeout=1)
 
 
 class RedisGauges(Collector):
     """In-flight leases (lock keys in the cache Redis) and queue depths (broker lists)."""
 
-    def __init__(self, cache_url: str, keys: Keyspace, broker_url: str) -> None:
-        self.cache_url, self.keys, self.broker_url = cache_url, keys, broker_url
+    def __init__(self, cache_url: str, cluster: bool, keys: Keyspace, broker_url: str) -> None:
+        self.cache_url, self.cluster, self.keys = cache_url, cluster, keys
+        self.broker_url = broker_url
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         audits = CounterMetricFamily(
@@ -114,11 +116,11 @@ class RedisGauges(Collector):
                 yield depth
 
     def _audits(self) -> dict[str, int]:
-        raw = timed_redis(self.cache_url).hgetall(self.keys.auditcounts)
+        raw = timed_redis(self.cache_url, self.cluster).hgetall(self.keys.auditcounts)
         return {k.decode() if isinstance(k, bytes) else k: int(v) for k, v in raw.items()}
 
     def _count_leases(self) -> int:
-        return in_flight(timed_redis(self.cache_url), self.keys)
+        return in_flight(timed_redis(self.cache_url, self.cluster), self.keys)
 
     def _queue_lengths(self) -> dict[str, int]:
         pipe = timed_redis(self.broker_url).pipeline(transaction=False)

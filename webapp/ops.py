@@ -72,7 +72,9 @@ def metrics_view() -> ResponseReturnValue:
     if not _operator():
         raise Unauthorized("/metrics needs 'Authorization: Bearer <OPS_TOKEN>'")
     cfg = current_app.config
-    gauges = metrics.RedisGauges(cfg["REDIS_URL"], services().keys, cfg["CELERY_BROKER_URL"])
+    gauges = metrics.RedisGauges(
+        cfg["REDIS_URL"], cfg["REDIS_CLUSTER"], services().keys, cfg["CELERY_BROKER_URL"]
+    )
     return Response(metrics.render(gauges), content_type=CONTENT_TYPE_LATEST)
 
 
@@ -81,7 +83,7 @@ def readyz() -> ResponseReturnValue:
     cfg = current_app.config
     backend = cfg["LLM_BACKEND"]
     probes: dict[str, Callable[[], Any]] = {
-        "redis": partial(_redis, cfg["REDIS_URL"]),
+        "redis": partial(_redis, cfg["REDIS_URL"], cfg["REDIS_CLUSTER"]),
         "postgres": partial(_postgres, db.pool()),
         "workers": partial(_workers, cfg["CELERY_BROKER_URL"]),
     }
@@ -140,8 +142,8 @@ def _role_check(role: str, ping: dict[str, Any]) -> dict[str, Any]:
     return {"ok": False, "detail": f"no {role} worker answered a ping"}
 
 
-def _redis(url: str) -> str:
-    metrics.timed_redis(url).ping()
+def _redis(url: str, cluster: bool) -> str:
+    metrics.timed_redis(url, cluster).ping()
     return "PONG"
 
 
