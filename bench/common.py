@@ -70,11 +70,12 @@ def flush_bench_dbs() -> None:
 
 
 @contextmanager
-def bench_database() -> Iterator[str]:
-    """A migrated PostgreSQL database of this bench run, dropped on the way out."""
+def bench_database(label: str = "") -> Iterator[str]:
+    """A migrated PostgreSQL database of this bench run (one per label), dropped on the way
+    out."""
     from webapp.migrate import migrate
 
-    name = f"flock_bench_{os.getpid()}"
+    name = f"flock_bench_{os.getpid()}{label and '_' + label}"
     admin = f"{PG_SERVER}/postgres"
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')

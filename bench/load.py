@@ -3,7 +3,8 @@ in front of the same Ollama stand-in with the same latency, in one run.
 
     python -m bench.load [--questions 200] [--requests 2000] [--concurrency 16 | --rate R]
                          [--latency 0.5] [--reworded 0.2] [--zipf 1.0] [--tokens 64]
-                         [--threshold 0.8] [--seed 1] [--systems flock none gptcache]
+                         [--threshold 0.8] [--seed 1]
+                         [--systems flock none gptcache flock-cluster]
 
 The workload (bench/workload.py): Zipf over N distinct questions (the paraphrase set's
 questions and Quora's), a share of the requests reworded with the paraphrase set's `similar`.
@@ -32,6 +33,9 @@ The systems:
   Each worker process is a cache of its own (bench/gptcache_server.py).
   GPTCache has no Ollama adapter: the client does /get, on a miss calls the stand-in, then
   /put (bench/loadgen.py).
+- flock-cluster: flock again with its cache on a Redis Cluster of three primaries on this
+  machine (tests/redis_servers.py; REDIS_CLUSTER=1, the broker still Redis DB 14) and a
+  PostgreSQL database of its own; reported beside flock, no floor of its own.
 
 Flock and GPTCache never run at the same time: Flock's processes stop before GPTCache starts.
 
@@ -63,7 +67,9 @@ import requests
 from bench import gptcache_venv
 from bench.common import (
     MODEL,
+    bench_database,
     bench_stack,
+    create_api_key,
     exit_on_sigterm,
     group_cpu,
     log,
@@ -75,12 +81,13 @@ from bench.common import (
 )
 from bench.loadgen import Plan, Record, Sync, Target, run_plan
 from bench.workload import Judge, Workload, build, prompt_tokens
-from tests.stack import ROOT
+from tests.redis_servers import RedisCluster3
+from tests.stack import ROOT, Stack
 
 WEB_WORKERS = 2  # Stack.start_web's default: Flock's web tier, and GPTCache's worker count
 LLM_CALLS_FLOOR = 1.02
 HIT_THROUGHPUT_FLOOR = 10.0
-SYSTEMS = ("flock", "none", "gptcache")
+SYSTEMS = ("flock", "none", "gptcache", "flock-cluster")
 CACHED = ("exact", "semantic")
 
 
@@ -310,15 +317,43 @@ def _warm_up_flock(url: str, headers: dict[str, str]) -> None:
 
 
 def run_flock(bench: Any, workload: Workload, judge: Judge, args: argparse.Namespace) -> dict:
-    stack = bench.stack
+    return _run_flock_on(bench.stack, bench.api_key, bench, workload, judge, args)
+
+
+def run_flock_cluster(
+    bench: Any, workload: Workload, judge: Judge, args: argparse.Namespace
+) -> dict:
+    """Flock again, its cache on a Redis Cluster of three primaries (local redis-server
+    binaries; the broker stays a plain Redis), with a database of its own: nothing the
+    single-Redis run stored is there to serve."""
+    with ExitStack() as cleanup:
+        folder = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="flock-cluster-")))
+        cluster = RedisCluster3(folder)
+        cleanup.callback(cluster.stop)
+        log("flock-cluster: starting a 3-node Redis Cluster")
+        cluster.start()
+        database = cleanup.enter_context(bench_database("cluster"))
+        env = {**bench.stack.env, "DATABASE_URL": database, "REDIS_URL": cluster.url,
+               "REDIS_CLUSTER": "1"}  # fmt: skip
+        stack = Stack(env=env, logdir=bench.stack.logdir / "cluster")
+        stack.logdir.mkdir(exist_ok=True)
+        return _run_flock_on(stack, create_api_key(env, "bench-cluster"), bench, workload,
+                             judge, args, label="flock-cluster")  # fmt: skip
+
+
+def _run_flock_on(
+    stack: Stack, api_key: str, bench: Any, workload: Workload, judge: Judge,
+    args: argparse.Namespace, label: str = "flock",
+) -> dict:  # fmt: skip
     stack.env["SEMANTIC_THRESHOLD"] = str(args.threshold)
-    log("flock: starting Celery workers and gunicorn")
+    log(f"{label}: starting Celery workers and gunicorn")
     stack.start_default()
     try:
-        _warm_up_flock(stack.url, bench.headers)
+        headers = {"Authorization": f"Bearer {api_key}"}
+        _warm_up_flock(stack.url, headers)
         groups = {name: proc.popen.pid for name, proc in stack.procs.items()}
-        target = Target("flock", bench.standin.url, MODEL, stack.url, bench.api_key)
-        return _phases("flock", target, workload, judge, args, bench.standin, groups)
+        target = Target(label, bench.standin.url, MODEL, stack.url, api_key)
+        return _phases(label, target, workload, judge, args, bench.standin, groups)
     finally:
         stack.stop()  # GPTCache must not share the machine with an idle Flock
 
@@ -394,8 +429,13 @@ def _floors(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def _ratios(results: dict[str, Any]) -> dict[str, Any]:
-    flock, none, gpt = (results.get(s) for s in SYSTEMS)
+    flock, none, gpt, cluster = (results.get(s) for s in SYSTEMS)
     ratios: dict[str, Any] = {}
+    if flock and cluster:
+        ratios["hit_throughput_cluster_over_single_redis"] = rounded(
+            cluster["warm"]["hit_throughput_rps"] / flock["warm"]["hit_throughput_rps"], 2)
+        ratios["mixed_throughput_cluster_over_single_redis"] = rounded(
+            cluster["mixed"]["throughput_rps"] / flock["mixed"]["throughput_rps"], 2)
     if flock and none:
         ratios["llm_calls_none_over_flock"] = rounded(
             none["mixed"]["llm_calls"] / max(1, flock["mixed"]["llm_calls"]), 2)
@@ -421,7 +461,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if "gptcache" in args.systems:
         gptcache_venv.ensure()  # before anything starts: the first time takes minutes
     results: dict[str, Any] = {}
-    runners = {"flock": run_flock, "none": run_none, "gptcache": run_gptcache}
+    runners = {"flock": run_flock, "none": run_none, "gptcache": run_gptcache,
+               "flock-cluster": run_flock_cluster}  # fmt: skip
     with bench_stack(args.lease_ms, args.timeout, args.keep_logs) as bench:
         for system in SYSTEMS:
             if system in args.systems:
