@@ -224,7 +224,7 @@ def summarize(
         "error_samples": [{"error": e, "n": n} for e, n in errors.most_common(3)],
         "cpu_s": cpu,
     }
-    if kind == "flock":
+    if kind.startswith("flock"):
         summary["tokens_saved_reported"] = reported_saved
     return summary
 
@@ -352,7 +352,7 @@ def _run_flock_on(
         headers = {"Authorization": f"Bearer {api_key}"}
         _warm_up_flock(stack.url, headers)
         groups = {name: proc.popen.pid for name, proc in stack.procs.items()}
-        target = Target(label, bench.standin.url, MODEL, stack.url, api_key)
+        target = Target("flock", bench.standin.url, MODEL, stack.url, api_key)
         return _phases(label, target, workload, judge, args, bench.standin, groups)
     finally:
         stack.stop()  # GPTCache must not share the machine with an idle Flock

@@ -60,6 +60,9 @@ class RedisServer:
                 client.ping()
                 return
             except redis.ConnectionError:
+                if self.popen.poll() is not None:  # it could not bind its port(s), say
+                    self.popen = None
+                    raise RuntimeError(f"redis-server on {self.port} exited at start") from None
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
@@ -92,7 +95,14 @@ class RedisCluster3:
 
     def start(self) -> None:
         for node in self.nodes:
-            node.start()
+            for _ in range(5):  # the bus port (+10000) may be taken by the time it binds
+                try:
+                    node.start()
+                    break
+                except RuntimeError:
+                    node.port = cluster_port()
+            else:
+                raise RuntimeError("could not start a cluster node on a free port pair")
         subprocess.run(
             [shutil.which("redis-cli") or "redis-cli", "--cluster", "create",
              *(f"127.0.0.1:{n.port}" for n in self.nodes), "--cluster-replicas", "0",
