@@ -1,7 +1,9 @@
 """A full Redis (maxmemory reached under `noeviction`, which docs/DEPLOY.md recommends)
 refuses every write: Flock answers 503 `redis_unavailable` in each API's error shape, never
-a 500, and answers again once Redis has room. On a private redis-server of the test's own:
-its maxmemory is the whole server's."""
+a 500, and answers again once Redis has room. Exact hits are reads: they are served all the
+while, although Redis refuses their rate-limit token's write (the limit fails open for
+them, counted). On a private redis-server of the test's own: its maxmemory is the whole
+server's."""
 
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
+import requests
 
-from tests.conftest import create_user
+from tests.conftest import create_user, ops
 from tests.stack import Stack
 from tests.test_faults import PrivateRedis, ask, question
 
@@ -46,9 +49,21 @@ def full_stack(stack_env, full_redis, tmp_path_factory) -> Iterator[tuple[Stack,
         s.stop()
 
 
+def _failed_open(url: str) -> float:
+    """flock_ratelimit_failed_open_total of the web process (one worker: its own count)."""
+    text = requests.get(f"{url}/metrics", headers=ops(), timeout=10).text
+    values = [line.split()[-1] for line in text.splitlines()
+              if line.startswith("flock_ratelimit_failed_open_total ")]  # fmt: skip
+    return float(values[0]) if values else 0.0
+
+
 def test_a_full_redis_is_a_503_then_answers_again(full_stack, full_redis, standin):
     stack, key = full_stack
-    assert ask(stack.url, key, "native", question(), timeout=30).status_code == 200
+    known = question()
+    first = ask(stack.url, key, "native", known, timeout=30)
+    assert first.status_code == 200, first.text[:300]
+    answer = first.json()["message"]["content"]
+    refused_before = _failed_open(stack.url)
     admin = redis.Redis(port=full_redis.port)
     # Redis fills up while a question is being answered: its worker cannot store the
     # answer, nor acknowledge its task (the broker is in the same Redis).
@@ -67,6 +82,14 @@ def test_a_full_redis_is_a_503_then_answers_again(full_stack, full_redis, standi
                 else:
                     assert error["code"] == "redis_unavailable", resp.text
                     assert "full" in error["message"], resp.text
+            # A question answered before is an exact hit on every surface: a read, served
+            # although its rate-limit token could not be written.
+            for surface in ("native", "openai", "ollama"):
+                resp = ask(stack.url, key, surface, known, timeout=30)
+                assert resp.status_code == 200, (surface, resp.status_code, resp.text[:300])
+                assert resp.headers["X-Cache"] == "exact", surface
+                assert answer in resp.text, (surface, resp.text[:300])
+            assert _failed_open(stack.url) - refused_before >= 3
             caught = in_flight.result()
             assert caught.status_code != 500, caught.text[:300]
             assert caught.status_code == 200 or "error" in caught.json(), caught.text[:300]
