@@ -119,5 +119,6 @@ class RateLimiter:
             self._logged_at = now
             log.warning(
                 "Redis is full: rate-limit buckets are not written, reads are served "
-                "(%d refused writes in this process so far)", self.refused_writes,
+                "(%d refused writes in this process so far)",
+                self.refused_writes,
             )

@@ -2,8 +2,16 @@
 
 Every /api and /v1 endpoint requires one of them. A session request that changes
 something must also carry the session's CSRF token in `X-CSRF-Token`; API-key
-requests carry no cookie and need none. Key lookups are cached in Redis for a
-minute (revoking deletes the cached copy), so a cache hit costs no PostgreSQL read.
+requests carry no cookie and need none. Key lookups are remembered by each process for
+API_KEY_MEMORY_S (10 s) and cached in Redis for API_KEY_CACHE_S (a minute; revoking
+deletes the cached copy), so an exact hit costs no PostgreSQL read.
+
+A key PostgreSQL last confirmed keeps working while PostgreSQL is out of reach: each
+confirmation also leaves a last-known copy in Redis (API_KEY_LAST_KNOWN_S, a day; 0: none),
+read only when the lookup fails for want of PostgreSQL (no connection within
+_PG_WAIT_S, a lost connection, a statement timeout). Whenever PostgreSQL answers, its
+answer wins: a key it no longer knows loses its copy, and revoking deletes it too. An
+unknown key during an outage is a 503, as before.
 
 Sessions live in PostgreSQL (`sessions`): the signed cookie carries a random id, the
 table its hash, its expiry (SESSION_LIFETIME_S) and whether it was revoked. Signing out
@@ -21,6 +29,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import secrets
 import time
 from collections.abc import Callable
@@ -30,6 +40,7 @@ from typing import ParamSpec, TypeVar
 
 import click
 import psycopg
+import redis
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, session
 from flask.typing import ResponseReturnValue
 
@@ -45,10 +56,15 @@ from webapp.passwords import (
 from webapp.services import services
 
 bp = Blueprint("auth", __name__, url_prefix="/api/v1")
-_KEY_CACHE_S = 60
-# Each process also remembers a key for a few seconds, so an exact hit costs no lookup
-# round trip; a revoked key therefore stops working within this many seconds everywhere.
-_KEY_MEMORY_S = 10
+log = logging.getLogger(__name__)
+# (setting, default seconds): read from the environment by init_app. Each process
+# remembers a key for API_KEY_MEMORY_S, so an exact hit costs no lookup round trip; a
+# revoked key therefore stops working within that many seconds everywhere.
+_KEY_TIMES = {"API_KEY_MEMORY_S": 10.0, "API_KEY_CACHE_S": 60.0, "API_KEY_LAST_KNOWN_S": 86400.0}
+# A key lookup is one indexed SELECT: a pool that gives no connection in this long means
+# PostgreSQL is in trouble, and a key it confirmed before is let through meanwhile.
+_PG_WAIT_S = 2.0
+_KNOWN = "known:"  # apikey(_KNOWN + sha): the last-known copy, beside apikey(sha)
 _recent_keys: dict[str, tuple[User, float]] = {}
 _UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
 MAX_PASSWORD = 1024  # characters: longer is no stronger, only more to hash
@@ -112,26 +128,53 @@ def _from_api_key() -> User | None:
     known = remembered(digest)
     if known is not None:
         return known
-    cache_key = services().keys.apikey(digest)
-    cached = services().redis.get(cache_key)
-    if cached is not None:
-        if cached == b"":
-            return _invalid_key()
-        user = User(**json.loads(cached))
-        _recent_keys[digest] = (user, time.monotonic() + _KEY_MEMORY_S)
-        return user
-    with db.pool().connection() as conn:
-        row = conn.execute(
-            "SELECT u.id, u.name, u.role, k.id FROM api_keys k JOIN users u ON u.id = k.user_id"
-            " WHERE k.key_hash = %s AND k.revoked_at IS NULL",
-            (digest,),
-        ).fetchone()
-    found = User(*row) if row else None
-    services().redis.set(cache_key, json.dumps(asdict(found)) if found else "", ex=_KEY_CACHE_S)
+    found = _key_user(digest)
     if found is None:
         return _invalid_key()
-    _recent_keys[digest] = (found, time.monotonic() + _KEY_MEMORY_S)
+    _recent_keys[digest] = (found, time.monotonic() + current_app.config["API_KEY_MEMORY_S"])
     return found
+
+
+def _key_user(digest: str) -> User | None:
+    """The user of an API key (by its hash): Redis's cached answer, else PostgreSQL's, else,
+    when PostgreSQL cannot be reached, the last-known copy (the module's docstring)."""
+    cfg, svc = current_app.config, services()
+    cache_key, known_key = svc.keys.apikey(digest), svc.keys.apikey(_KNOWN + digest)
+    cached = svc.redis.get(cache_key)
+    if cached is not None:
+        return User(**json.loads(cached)) if cached else None
+    try:
+        with db.pool().connection(timeout=_PG_WAIT_S) as conn:
+            row = conn.execute(
+                "SELECT u.id, u.name, u.role, k.id FROM api_keys k JOIN users u"
+                " ON u.id = k.user_id WHERE k.key_hash = %s AND k.revoked_at IS NULL",
+                (digest,),
+            ).fetchone()
+    except psycopg.OperationalError as exc:  # unreachable, pool or statement timeout
+        last = svc.redis.get(known_key) if cfg["API_KEY_LAST_KNOWN_S"] else None
+        if not last:
+            raise
+        log.warning("PostgreSQL is unreachable (%s): API key %s.. let in on its last-known "
+                    "copy", exc, digest[:8])  # fmt: skip
+        return User(**json.loads(last))
+    found = User(*row) if row else None
+    value = json.dumps(asdict(found)) if found else ""
+    try:
+        with svc.redis.pipeline(transaction=False) as pipe:
+            if cfg["API_KEY_CACHE_S"]:
+                pipe.set(cache_key, value, px=_ms(cfg["API_KEY_CACHE_S"]))
+            if found is not None and cfg["API_KEY_LAST_KNOWN_S"]:
+                pipe.set(known_key, value, px=_ms(cfg["API_KEY_LAST_KNOWN_S"]))
+            else:
+                pipe.delete(known_key)
+            pipe.execute()
+    except redis.OutOfMemoryError as exc:  # a full Redis: the answer stands, uncached
+        log.warning("API key lookup not cached: %s", exc)
+    return found
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
 
 
 def remembered(digest: str) -> User | None:
@@ -348,8 +391,10 @@ def revoke_key(key_id: int) -> ResponseReturnValue:
         ).fetchone()
     if row is None:
         raise NotFound("no such active key")
-    services().redis.delete(services().keys.apikey(row[0]))
-    _recent_keys.pop(row[0], None)  # other processes forget it within _KEY_MEMORY_S
+    keys = services().keys
+    services().redis.delete(keys.apikey(row[0]))
+    services().redis.delete(keys.apikey(_KNOWN + row[0]))  # two names: maybe two cluster slots
+    _recent_keys.pop(row[0], None)  # other processes forget it within API_KEY_MEMORY_S
     return jsonify({"id": key_id, "revoked": True})
 
 
@@ -357,6 +402,8 @@ def revoke_key(key_id: int) -> ResponseReturnValue:
 
 
 def init_app(app: Flask) -> None:
+    for name, default in _KEY_TIMES.items():  # a test_config may have set them already
+        app.config.setdefault(name, _seconds_from_env(name, default))
     app.register_blueprint(bp)
     users = click.Group("users", help="Manage users.")
 
@@ -371,3 +418,17 @@ def init_app(app: Flask) -> None:
         click.echo(key)
 
     app.cli.add_command(users)
+
+
+def _seconds_from_env(name: str, default: float) -> float:
+    """A number of seconds from the environment (>= 0); a bad value stops the process."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise RuntimeError(f"{name} must be a number of seconds, not {raw!r}") from None
+    if not 0 <= value < 10**9:
+        raise RuntimeError(f"{name} must be between 0 and 10^9 seconds, not {raw!r}")
+    return value
