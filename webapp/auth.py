@@ -10,8 +10,8 @@ A key PostgreSQL last confirmed keeps working while PostgreSQL is out of reach: 
 confirmation also leaves a last-known copy in Redis (API_KEY_LAST_KNOWN_S, a day; 0: none),
 read only when the lookup fails for want of PostgreSQL (no connection within
 _PG_WAIT_S, a lost connection, a statement timeout). Whenever PostgreSQL answers, its
-answer wins: a key it no longer knows loses its copy, and revoking deletes it too. An
-unknown key during an outage is a 503, as before.
+answer wins: a key it no longer knows loses its copy, and revoking deletes it too. A key
+without a copy waits for PostgreSQL as any request does, and gets a 503 if it is down.
 
 Sessions live in PostgreSQL (`sessions`): the signed cookie carries a random id, the
 table its hash, its expiry (SESSION_LIFETIME_S) and whether it was revoked. Signing out
@@ -65,6 +65,8 @@ _KEY_TIMES = {"API_KEY_MEMORY_S": 10.0, "API_KEY_CACHE_S": 60.0, "API_KEY_LAST_K
 # PostgreSQL is in trouble, and a key it confirmed before is let through meanwhile.
 _PG_WAIT_S = 2.0
 _KNOWN = "known:"  # apikey(_KNOWN + sha): the last-known copy, beside apikey(sha)
+_WARN_EVERY_S = 10.0
+_fallbacks, _warned_at = 0, -_WARN_EVERY_S
 _recent_keys: dict[str, tuple[User, float]] = {}
 _UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
 MAX_PASSWORD = 1024  # characters: longer is no stronger, only more to hash
@@ -140,22 +142,26 @@ def _key_user(digest: str) -> User | None:
     when PostgreSQL cannot be reached, the last-known copy (the module's docstring)."""
     cfg, svc = current_app.config, services()
     cache_key, known_key = svc.keys.apikey(digest), svc.keys.apikey(_KNOWN + digest)
-    cached = svc.redis.get(cache_key)
+    with svc.redis.pipeline(transaction=False) as pipe:  # one round trip, two names
+        pipe.get(cache_key)
+        pipe.get(known_key)
+        cached, last = pipe.execute()
     if cached is not None:
         return User(**json.loads(cached)) if cached else None
+    last = last if cfg["API_KEY_LAST_KNOWN_S"] else None
     try:
-        with db.pool().connection(timeout=_PG_WAIT_S) as conn:
+        # A key with a last-known copy waits little for a connection: it has somewhere to
+        # fall back to. Any other waits as every request does (the pool's timeout).
+        with db.pool().connection(timeout=_PG_WAIT_S if last else None) as conn:
             row = conn.execute(
                 "SELECT u.id, u.name, u.role, k.id FROM api_keys k JOIN users u"
                 " ON u.id = k.user_id WHERE k.key_hash = %s AND k.revoked_at IS NULL",
                 (digest,),
             ).fetchone()
     except psycopg.OperationalError as exc:  # unreachable, pool or statement timeout
-        last = svc.redis.get(known_key) if cfg["API_KEY_LAST_KNOWN_S"] else None
         if not last:
             raise
-        log.warning("PostgreSQL is unreachable (%s): API key %s.. let in on its last-known "
-                    "copy", exc, digest[:8])  # fmt: skip
+        _fell_back(exc)
         return User(**json.loads(last))
     found = User(*row) if row else None
     value = json.dumps(asdict(found)) if found else ""
@@ -171,6 +177,17 @@ def _key_user(digest: str) -> User | None:
     except redis.OutOfMemoryError as exc:  # a full Redis: the answer stands, uncached
         log.warning("API key lookup not cached: %s", exc)
     return found
+
+
+def _fell_back(exc: Exception) -> None:
+    """Log a key let in on its last-known copy: once per interval, with the count since."""
+    global _fallbacks, _warned_at
+    _fallbacks += 1
+    now = time.monotonic()
+    if now - _warned_at >= _WARN_EVERY_S:
+        log.warning("PostgreSQL is unreachable (%s): %d API key checks answered from their "
+                    "last-known copies", exc, _fallbacks)  # fmt: skip
+        _fallbacks, _warned_at = 0, now
 
 
 def _ms(seconds: float) -> int:
