@@ -17,6 +17,8 @@ import pytest
 import redis
 import requests
 
+from cache import Keyspace
+from cache.ratelimit import RateLimiter
 from tests.conftest import create_user, ops
 from tests.stack import Stack
 from tests.test_faults import PrivateRedis, ask, question
@@ -101,3 +103,28 @@ def test_a_full_redis_is_a_503_then_answers_again(full_stack, full_redis, standi
     again = ask(stack.url, key, "native", question(), timeout=30)
     assert again.status_code == 200, again.text[:300]
     assert all(proc.alive() for proc in stack.procs.values())
+
+
+def test_a_full_redis_fails_the_rate_limit_open_for_reads_only(full_redis):
+    """On the limiter itself: with a read riding along (an exact hit's admission) a refused
+    bucket write lets the request through, counted; a limit that guards only itself
+    (sign-in, feedback, embeddings) still fails, as every refused write does."""
+    client = redis.Redis(port=full_redis.port, db=2)
+    keys = Keyspace(f"ratelimit-{uuid.uuid4().hex[:6]}:")
+    counted: list[int] = []
+    limiter = RateLimiter(client, keys, per_minute=2, on_refused_write=lambda: counted.append(1))
+    client.set(keys.resp("k"), "cached")
+    assert limiter.take_and_get("spent", None, cost=2) == (0.0, None)  # its bucket is empty now
+    client.config_set("maxmemory", "1")
+    try:
+        for _ in range(3):  # a refused write takes nothing: the bucket never runs dry
+            assert limiter.take_and_get("fresh", keys.resp("k")) == (0.0, b"cached")
+        assert len(counted) == limiter.refused_writes == 3
+        # The bucket as it was last written still says no: fail open is not "no limit".
+        wait_s, value = limiter.take_and_get("spent", keys.resp("k"))
+        assert wait_s > 0 and value == b"cached"
+        with pytest.raises(redis.OutOfMemoryError):
+            limiter.take("fresh")
+    finally:
+        client.config_set("maxmemory", "0")
+        client.flushdb()
