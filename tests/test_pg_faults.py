@@ -140,9 +140,7 @@ def _rows(url: str, sql: str, *params) -> list[tuple]:
         return conn.execute(sql, params).fetchall()
 
 
-def test_known_api_keys_keep_working_on_exact_hits_while_postgres_is_down(
-    pg_stack, pg_down, stack_env
-):
+def test_known_api_keys_keep_working_on_exact_hits_while_postgres_is_down(pg_stack, pg_down):
     stack, key = pg_stack
     prompt = question()
     first = ask(stack.url, key, "native", prompt, timeout=30)
@@ -240,7 +238,7 @@ def test_an_answer_stored_while_postgres_restarts_is_served_and_recorded(
     assert again.json()["message"]["content"] == content
     # (The put really waited: had it reached PostgreSQL, this test would test nothing.)
     assert "recorded later" in stack.procs["llm"].log.read_text(errors="replace")
-    time.sleep(2)
+    time.sleep(2)  # the sweepers try (EVICT_INTERVAL_S, 1 s) and fail meanwhile: no matter
 
     pg_down.start()
     sql = "SELECT response FROM cache_entries WHERE id = %s AND invalidated_at IS NULL"

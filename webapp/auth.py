@@ -195,7 +195,7 @@ def _ms(seconds: float) -> int:
 
 
 def remembered(digest: str) -> User | None:
-    """The user of an API key (by its hash) this process saw less than _KEY_MEMORY_S ago;
+    """The user of an API key (by its hash) this process saw less than API_KEY_MEMORY_S ago;
     no I/O."""
     known = _recent_keys.get(digest)
     return known[0] if known is not None and known[1] > time.monotonic() else None
