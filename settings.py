@@ -74,6 +74,9 @@ class Settings:
     allow_registration: bool = False  # `make run` turns it on for development
     auth_attempts_per_minute: int = 10  # login/register tries per name and per address; 0: none
     max_keys_per_user: int = 10  # active API keys a user may hold
+    api_key_memory_s: float = 10.0  # a web process remembers a checked key (revocation lag)
+    api_key_cache_s: float = 60.0  # a key's check cached in Redis; 0: not cached
+    api_key_last_known_s: float = 86400.0  # a confirmed key's copy for PostgreSQL outages; 0: none
     ops_token: str | None = None  # Bearer token for /metrics and /readyz's details; None: nobody
     # the LLM
     ollama_url: str = "http://127.0.0.1:11434"
@@ -137,7 +140,8 @@ class Settings:
                 raise ValueError(f"{name.upper()} must be positive, not {getattr(self, name)}")
         for name in ("requests_per_minute", "llm_max_retries", "llm_retry_backoff_s",
                      "cache_max_entries", "auth_attempts_per_minute",
-                     "feedback_per_minute", "index_ann_min_entries"):  # fmt: skip
+                     "feedback_per_minute", "index_ann_min_entries", "api_key_memory_s",
+                     "api_key_cache_s", "api_key_last_known_s"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"{name.upper()} must not be negative, not {getattr(self, name)}")
 

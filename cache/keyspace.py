@@ -20,6 +20,8 @@ All names start with the prefix (FLOCK_KEY_PREFIX, default `flock:v1:`):
 | auditcounts          | auditcounts            | hash: audits judged right / wrong      |
 | rl(ident)            | rl:{<ident>}           | hash: a rate-limit bucket              |
 | apikey(sha)          | apikey:{<sha>}         | an API key's user, for a minute        |
+| apikey_known(sha)    | apikeyknown:{<sha>}    | the last user PostgreSQL confirmed for |
+|                      |                        | a key, for its outages (a day)         |
 | job(id)              | job:{<id>}             | an async chat job: pending, its job;   |
 |                      |                        | done, only its answer or error         |
 | embres(id)           | embres:{<id>}          | an embeddings result, for a minute     |
@@ -130,6 +132,9 @@ class Keyspace:
 
     def apikey(self, key_sha: str) -> str:
         return self._name("apikey", key_sha)
+
+    def apikey_known(self, key_sha: str) -> str:
+        return self._name("apikeyknown", key_sha)
 
     def job(self, job_id: str) -> str:
         return self._name("job", job_id)

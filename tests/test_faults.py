@@ -11,14 +11,12 @@ from __future__ import annotations
 import shutil
 import signal
 import socket
-import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -27,55 +25,17 @@ import requests
 
 from cache.keyspace import Keyspace
 from tests.conftest import LEASE_MS, auth, conversation, create_user, nonsense_word
+from tests.redis_servers import RedisServer
 from tests.stack import Stack, free_port
 
 MODEL = "llama3.2:1b"
 
 
-class PrivateRedis:
-    """A redis-server of the test's own, without persistence: a restart loses everything."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.workdir = workdir
-        self.popen: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}"
-
-    def start(self, *extra: str) -> None:
-        args = [
-            shutil.which("redis-server") or "redis-server",
-            "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--dir", str(self.workdir), "--daemonize", "no", *extra,
-        ]  # fmt: skip
-        log = open(self.workdir / f"redis-{self.port}.log", "ab")
-        self.popen = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        client = redis.Redis(port=self.port, socket_connect_timeout=1)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-
-    def kill(self) -> None:
-        if self.popen is not None:
-            self.popen.kill()
-            self.popen.wait(10)
-            self.popen = None
-
-
 @pytest.fixture(scope="module")
-def private_redis(tmp_path_factory) -> Iterator[PrivateRedis]:
+def private_redis(tmp_path_factory) -> Iterator[RedisServer]:
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed")
-    server = PrivateRedis(tmp_path_factory.mktemp("private-redis"))
+    server = RedisServer(tmp_path_factory.mktemp("private-redis"))
     server.start()
     yield server
     server.kill()
@@ -360,7 +320,7 @@ def test_wake_ups_redis_refuses_are_a_503(stack_env, tmp_path):
     """A Redis that answers commands but refuses PSUBSCRIBE (renamed away, as an ACL
     without pub/sub would): the request waits for the subscription, then gets a 503 like
     any Redis fault, not a 500."""
-    server = PrivateRedis(tmp_path)
+    server = RedisServer(tmp_path)
     server.start("--rename-command", "PSUBSCRIBE", "")
     web = Stack(
         env={**stack_env, "REDIS_URL": f"{server.url}/0", "CELERY_BROKER_URL": f"{server.url}/1"},

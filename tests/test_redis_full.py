@@ -1,7 +1,9 @@
 """A full Redis (maxmemory reached under `noeviction`, which docs/DEPLOY.md recommends)
 refuses every write: Flock answers 503 `redis_unavailable` in each API's error shape, never
-a 500, and answers again once Redis has room. On a private redis-server of the test's own:
-its maxmemory is the whole server's."""
+a 500, and answers again once Redis has room. Exact hits are reads: they are served all the
+while, although Redis refuses their rate-limit token's write (the limit fails open for
+them, counted). On a private redis-server of the test's own: its maxmemory is the whole
+server's."""
 
 from __future__ import annotations
 
@@ -13,17 +15,21 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
+import requests
 
-from tests.conftest import create_user
+from cache import Keyspace
+from cache.ratelimit import RateLimiter
+from tests.conftest import create_user, ops
+from tests.redis_servers import RedisServer
 from tests.stack import Stack
-from tests.test_faults import PrivateRedis, ask, question
+from tests.test_faults import ask, question
 
 
 @pytest.fixture(scope="module")
-def full_redis(tmp_path_factory) -> Iterator[PrivateRedis]:
+def full_redis(tmp_path_factory) -> Iterator[RedisServer]:
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed")
-    server = PrivateRedis(tmp_path_factory.mktemp("full-redis"))
+    server = RedisServer(tmp_path_factory.mktemp("full-redis"))
     server.start("--maxmemory-policy", "noeviction")
     yield server
     server.kill()
@@ -46,9 +52,21 @@ def full_stack(stack_env, full_redis, tmp_path_factory) -> Iterator[tuple[Stack,
         s.stop()
 
 
+def _failed_open(url: str) -> float:
+    """flock_ratelimit_failed_open_total of the web process (one worker: its own count)."""
+    text = requests.get(f"{url}/metrics", headers=ops(), timeout=10).text
+    values = [line.split()[-1] for line in text.splitlines()
+              if line.startswith("flock_ratelimit_failed_open_total ")]  # fmt: skip
+    return float(values[0]) if values else 0.0
+
+
 def test_a_full_redis_is_a_503_then_answers_again(full_stack, full_redis, standin):
     stack, key = full_stack
-    assert ask(stack.url, key, "native", question(), timeout=30).status_code == 200
+    known = question()
+    first = ask(stack.url, key, "native", known, timeout=30)
+    assert first.status_code == 200, first.text[:300]
+    answer = first.json()["message"]["content"]
+    refused_before = _failed_open(stack.url)
     admin = redis.Redis(port=full_redis.port)
     # Redis fills up while a question is being answered: its worker cannot store the
     # answer, nor acknowledge its task (the broker is in the same Redis).
@@ -67,6 +85,14 @@ def test_a_full_redis_is_a_503_then_answers_again(full_stack, full_redis, standi
                 else:
                     assert error["code"] == "redis_unavailable", resp.text
                     assert "full" in error["message"], resp.text
+            # A question answered before is an exact hit on every surface: a read, served
+            # although its rate-limit token could not be written.
+            for surface in ("native", "openai", "ollama"):
+                resp = ask(stack.url, key, surface, known, timeout=30)
+                assert resp.status_code == 200, (surface, resp.status_code, resp.text[:300])
+                assert resp.headers["X-Cache"] == "exact", surface
+                assert answer in resp.text, (surface, resp.text[:300])
+            assert _failed_open(stack.url) - refused_before >= 3
             caught = in_flight.result()
             assert caught.status_code != 500, caught.text[:300]
             assert caught.status_code == 200 or "error" in caught.json(), caught.text[:300]
@@ -78,3 +104,28 @@ def test_a_full_redis_is_a_503_then_answers_again(full_stack, full_redis, standi
     again = ask(stack.url, key, "native", question(), timeout=30)
     assert again.status_code == 200, again.text[:300]
     assert all(proc.alive() for proc in stack.procs.values())
+
+
+def test_a_full_redis_fails_the_rate_limit_open_for_reads_only(full_redis):
+    """On the limiter itself: with a read riding along (an exact hit's admission) a refused
+    bucket write lets the request through, counted; a limit that guards only itself
+    (sign-in, feedback, embeddings) still fails, as every refused write does."""
+    client = redis.Redis(port=full_redis.port, db=2)
+    keys = Keyspace(f"ratelimit-{uuid.uuid4().hex[:6]}:")
+    counted: list[int] = []
+    limiter = RateLimiter(client, keys, per_minute=2, on_refused_write=lambda: counted.append(1))
+    client.set(keys.resp("k"), "cached")
+    assert limiter.take_and_get("spent", None, cost=2) == (0.0, None)  # its bucket is empty now
+    client.config_set("maxmemory", "1")
+    try:
+        for _ in range(3):  # a refused write takes nothing: the bucket never runs dry
+            assert limiter.take_and_get("fresh", keys.resp("k")) == (0.0, b"cached")
+        assert len(counted) == limiter.refused_writes == 3
+        # The bucket as it was last written still says no: fail open is not "no limit".
+        wait_s, value = limiter.take_and_get("spent", keys.resp("k"))
+        assert wait_s > 0 and value == b"cached"
+        with pytest.raises(redis.OutOfMemoryError):
+            limiter.take("fresh")
+    finally:
+        client.config_set("maxmemory", "0")
+        client.flushdb()

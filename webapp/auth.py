@@ -2,8 +2,16 @@
 
 Every /api and /v1 endpoint requires one of them. A session request that changes
 something must also carry the session's CSRF token in `X-CSRF-Token`; API-key
-requests carry no cookie and need none. Key lookups are cached in Redis for a
-minute (revoking deletes the cached copy), so a cache hit costs no PostgreSQL read.
+requests carry no cookie and need none. Key lookups are remembered by each process for
+API_KEY_MEMORY_S (10 s) and cached in Redis for API_KEY_CACHE_S (a minute; revoking
+deletes the cached copy), so an exact hit costs no PostgreSQL read.
+
+A key PostgreSQL last confirmed keeps working while PostgreSQL is out of reach: each
+confirmation also leaves a last-known copy in Redis (API_KEY_LAST_KNOWN_S, a day; 0: none),
+read only when the lookup fails for want of PostgreSQL (no connection within
+_PG_WAIT_S, a lost connection, a statement timeout). Whenever PostgreSQL answers, its
+answer wins: a key it no longer knows loses its copy, and revoking deletes it too. A key
+without a copy waits for PostgreSQL as any request does, and gets a 503 if it is down.
 
 Sessions live in PostgreSQL (`sessions`): the signed cookie carries a random id, the
 table its hash, its expiry (SESSION_LIFETIME_S) and whether it was revoked. Signing out
@@ -21,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import secrets
 import time
 from collections.abc import Callable
@@ -30,6 +39,7 @@ from typing import ParamSpec, TypeVar
 
 import click
 import psycopg
+import redis
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, session
 from flask.typing import ResponseReturnValue
 
@@ -45,10 +55,14 @@ from webapp.passwords import (
 from webapp.services import services
 
 bp = Blueprint("auth", __name__, url_prefix="/api/v1")
-_KEY_CACHE_S = 60
-# Each process also remembers a key for a few seconds, so an exact hit costs no lookup
-# round trip; a revoked key therefore stops working within this many seconds everywhere.
-_KEY_MEMORY_S = 10
+log = logging.getLogger(__name__)
+# Each process remembers a key for API_KEY_MEMORY_S (settings.py), so an exact hit costs
+# no lookup round trip; a revoked key therefore stops working within that long everywhere.
+# A key lookup is one indexed SELECT: a pool that gives no connection in this long means
+# PostgreSQL is in trouble, and a key it confirmed before is let through meanwhile.
+_PG_WAIT_S = 2.0
+_WARN_EVERY_S = 10.0
+_fallbacks, _warned_at = 0, -_WARN_EVERY_S
 _recent_keys: dict[str, tuple[User, float]] = {}
 _UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
 MAX_PASSWORD = 1024  # characters: longer is no stronger, only more to hash
@@ -112,30 +126,72 @@ def _from_api_key() -> User | None:
     known = remembered(digest)
     if known is not None:
         return known
-    cache_key = services().keys.apikey(digest)
-    cached = services().redis.get(cache_key)
-    if cached is not None:
-        if cached == b"":
-            return _invalid_key()
-        user = User(**json.loads(cached))
-        _recent_keys[digest] = (user, time.monotonic() + _KEY_MEMORY_S)
-        return user
-    with db.pool().connection() as conn:
-        row = conn.execute(
-            "SELECT u.id, u.name, u.role, k.id FROM api_keys k JOIN users u ON u.id = k.user_id"
-            " WHERE k.key_hash = %s AND k.revoked_at IS NULL",
-            (digest,),
-        ).fetchone()
-    found = User(*row) if row else None
-    services().redis.set(cache_key, json.dumps(asdict(found)) if found else "", ex=_KEY_CACHE_S)
+    found = _key_user(digest)
     if found is None:
         return _invalid_key()
-    _recent_keys[digest] = (found, time.monotonic() + _KEY_MEMORY_S)
+    _recent_keys[digest] = (found, time.monotonic() + current_app.config["API_KEY_MEMORY_S"])
     return found
 
 
+def _key_user(digest: str) -> User | None:
+    """The user of an API key (by its hash): Redis's cached answer, else PostgreSQL's, else,
+    when PostgreSQL cannot be reached, the last-known copy (the module's docstring)."""
+    cfg, svc = current_app.config, services()
+    cache_key, known_key = svc.keys.apikey(digest), svc.keys.apikey_known(digest)
+    with svc.redis.pipeline(transaction=False) as pipe:  # one round trip, two names
+        pipe.get(cache_key)
+        pipe.get(known_key)
+        cached, last = pipe.execute()
+    if cached is not None:
+        return User(**json.loads(cached)) if cached else None
+    last = last if cfg["API_KEY_LAST_KNOWN_S"] else None
+    try:
+        # A key with a last-known copy waits little for a connection: it has somewhere to
+        # fall back to. Any other waits as every request does (the pool's timeout).
+        with db.pool().connection(timeout=_PG_WAIT_S if last else None) as conn:
+            row = conn.execute(
+                "SELECT u.id, u.name, u.role, k.id FROM api_keys k JOIN users u"
+                " ON u.id = k.user_id WHERE k.key_hash = %s AND k.revoked_at IS NULL",
+                (digest,),
+            ).fetchone()
+    except psycopg.OperationalError as exc:  # unreachable, pool or statement timeout
+        if not last:
+            raise
+        _fell_back(exc)
+        return User(**json.loads(last))
+    found = User(*row) if row else None
+    value = json.dumps(asdict(found)) if found else ""
+    try:
+        with svc.redis.pipeline(transaction=False) as pipe:
+            if cfg["API_KEY_CACHE_S"]:
+                pipe.set(cache_key, value, px=_ms(cfg["API_KEY_CACHE_S"]))
+            if found is not None and cfg["API_KEY_LAST_KNOWN_S"]:
+                pipe.set(known_key, value, px=_ms(cfg["API_KEY_LAST_KNOWN_S"]))
+            else:
+                pipe.delete(known_key)
+            pipe.execute()
+    except redis.OutOfMemoryError as exc:  # a full Redis: the answer stands, uncached
+        log.warning("API key lookup not cached: %s", exc)
+    return found
+
+
+def _fell_back(exc: Exception) -> None:
+    """Log a key let in on its last-known copy: once per interval, with the count since."""
+    global _fallbacks, _warned_at
+    _fallbacks += 1
+    now = time.monotonic()
+    if now - _warned_at >= _WARN_EVERY_S:
+        log.warning("PostgreSQL is unreachable (%s): %d API key checks answered from their "
+                    "last-known copies", exc, _fallbacks)  # fmt: skip
+        _fallbacks, _warned_at = 0, now
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
 def remembered(digest: str) -> User | None:
-    """The user of an API key (by its hash) this process saw less than _KEY_MEMORY_S ago;
+    """The user of an API key (by its hash) this process saw less than API_KEY_MEMORY_S ago;
     no I/O."""
     known = _recent_keys.get(digest)
     return known[0] if known is not None and known[1] > time.monotonic() else None
@@ -348,8 +404,10 @@ def revoke_key(key_id: int) -> ResponseReturnValue:
         ).fetchone()
     if row is None:
         raise NotFound("no such active key")
-    services().redis.delete(services().keys.apikey(row[0]))
-    _recent_keys.pop(row[0], None)  # other processes forget it within _KEY_MEMORY_S
+    keys = services().keys
+    services().redis.delete(keys.apikey(row[0]))
+    services().redis.delete(keys.apikey_known(row[0]))  # two names: maybe two cluster slots
+    _recent_keys.pop(row[0], None)  # other processes forget it within API_KEY_MEMORY_S
     return jsonify({"id": key_id, "revoked": True})
 
 

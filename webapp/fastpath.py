@@ -14,6 +14,10 @@ A request it admitted (rate-limit token taken, exact cache read) but cannot answ
 on to the view with that admission in its environ, so nothing is counted or read twice.
 Errors are left to the view too (a bad body, Redis down, anything unexpected): it builds
 the same request again and answers with the JSON error and status it always gives.
+
+A full Redis refuses the rate-limit bucket's write; the admission's read still stands, so
+exact hits keep being served (cache/ratelimit.py), counted in
+`flock_ratelimit_failed_open_total`.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any
 
 import redis
 from flask import Flask
+from prometheus_client import Counter
 
 from cache.job import EXACT
 from webapp import security
@@ -33,11 +38,17 @@ from webapp.auth import remembered
 from webapp.call import ADMITTED, STARTED, Call
 from webapp.chat import Answer
 from webapp.errors import ApiError
+from webapp.metrics import REGISTRY
 from webapp.passwords import key_hash
 from webapp.services import Services
 
 PATH = "/api/v1/chat"
 log = logging.getLogger(__name__)
+FAILED_OPEN = Counter(
+    "flock_ratelimit_failed_open",
+    "Requests admitted without their rate-limit token: a full Redis refused the bucket's write",
+    registry=REGISTRY,
+)
 
 
 class ExactHits:
@@ -114,3 +125,6 @@ def _reads_the_cache(body: Any) -> bool:
 
 def init_app(app: Flask) -> None:
     app.wsgi_app = ExactHits(app)  # type: ignore[method-assign]
+    # Here rather than in webapp/services.py: the fail-open exists for exact hits.
+    svc: Services = app.extensions["flock"]
+    svc.limiter.on_refused_write = FAILED_OPEN.inc
