@@ -34,7 +34,10 @@ broker_channel_error_retry = True
 task_routes = {
     "flock.answer": {"queue": "embed"},
     "flock.generate": {"queue": "llm"},
-    "flock.embed": {"queue": "embed"},
+    # Embeddings requests: a queue of their own on the same embedders (tasks/resources.py
+    # adds it to every worker that takes `embed`); a worker alternates between its queues,
+    # so a backlog of embeddings never stands in front of a question.
+    "flock.embed": {"queue": "embeddings"},
     # Audits of semantic hits: their own queue and worker, one at a time, so they never
     # hold up an answer (cache/audit.py).
     "flock.audit": {"queue": "audit"},

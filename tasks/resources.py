@@ -16,7 +16,7 @@ from typing import Any, Protocol, TypeVar
 
 import psycopg
 import redis
-from celery.signals import celeryd_init, worker_process_init, worker_ready
+from celery.signals import celeryd_after_setup, celeryd_init, worker_process_init, worker_ready
 from psycopg_pool import ConnectionPool
 
 from cache import EmbeddingCache, ExactStore, InFlightPrompts, Keyspace, Lease, SemanticIndex
@@ -264,6 +264,15 @@ _queues: set[str] = set()
 def _remember_queues(options: dict | None = None, **_: object) -> None:
     raw = (options or {}).get("queues") or []
     _queues.update(raw.split(",") if isinstance(raw, str) else raw)
+
+
+@celeryd_after_setup.connect
+def _embeddings_too(sender: str, instance: Any, **_: object) -> None:
+    """An embedder (queue `embed`) also takes the embeddings requests' queue, so every
+    place that starts one (Procfile, systemd units, tests) keeps naming `embed` only."""
+    if "embed" in _queues and "embeddings" not in _queues:
+        instance.app.amqp.queues.select_add("embeddings")
+        _queues.add("embeddings")
 
 
 @worker_process_init.connect

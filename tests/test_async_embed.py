@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import requests
@@ -81,3 +82,27 @@ def test_embed_bad_input(stack):
         resp = requests.post(f"{stack.url}/api/v1/embed", json=body, headers=auth(), timeout=10)
         assert resp.status_code == 400
         assert resp.json()["error"]["code"] == "bad_request"
+
+
+def test_a_backlog_of_embeddings_does_not_hold_a_question(stack, standin):
+    """Embeddings have a queue of their own on the same embedders, which alternate between
+    their queues: a question asked behind 24 requests of 64 new texts each is answered
+    while most of them still wait (with one FIFO queue it would wait behind all of them)."""
+    standin.configure(latency_s=0)
+
+    def embed(i: int) -> float:
+        texts = [f"backlog {uuid.uuid4().hex} text {i} {j} about nothing at all" for j in range(64)]
+        resp = requests.post(f"{stack.url}/api/v1/embed", json={"input": texts}, headers=auth(),
+                             timeout=120)  # fmt: skip
+        assert resp.status_code == 200, resp.text
+        return time.monotonic()
+
+    with ThreadPoolExecutor(24) as pool:
+        backlog = [pool.submit(embed, i) for i in range(24)]
+        time.sleep(0.5)  # the embedders' queues fill up
+        body = {"prompt": f"Is the {uuid.uuid4().hex[:8]} queue fair?", **fresh_namespace()}
+        resp = requests.post(f"{stack.url}/api/v1/chat", json=body, headers=auth(), timeout=60)
+        answered = time.monotonic()
+        done = [f.result() for f in backlog]
+    assert resp.status_code == 200, resp.text
+    assert sum(t < answered for t in done) < len(done) / 2, (answered, sorted(done))

@@ -69,7 +69,7 @@ def embed_texts(texts: list[str]) -> dict[str, Any]:
     job_id = f"embed-{uuid.uuid4().hex}"
     svc.hub.start()
     with svc.hub.watch(job_id) as box:
-        svc.dispatch("flock.embed", EmbedJob(job_id, texts).to_payload(), queue="embed")
+        svc.dispatch("flock.embed", EmbedJob(job_id, texts).to_payload(), queue="embeddings")
         try:
             outcome = box.get(timeout=current_app.config["REQUEST_TIMEOUT_S"])
         except queue.Empty as exc:

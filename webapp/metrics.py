@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 OUTCOMES = ("exact", "semantic", "coalesced", "miss", "error")
-QUEUES = ("embed", "llm", "audit")  # the Celery queues (celeryconfig.task_routes)
+QUEUES = ("embed", "embeddings", "llm", "audit")  # the Celery queues (celeryconfig.task_routes)
 
 # Own registry rather than the global default: importing this module twice (tests, the
 # Flask reloader) must not fail with "Duplicated timeseries".
