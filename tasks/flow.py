@@ -216,7 +216,15 @@ def _served_semantically(res: Resources, job: Job, vector: np.ndarray, bar: _Bar
         if picked is None:
             return False
         cand, verdict = picked
-        entry = _load(res, cand.key)
+        try:
+            entry = res.pg.call(_load, res, cand.key)
+        except psycopg.OperationalError as exc:
+            # Its record cannot be read now: not served, but not forgotten either.
+            log.warning("PostgreSQL out of reach loading %s: %s", cand.key[:12], exc)
+            entry = res.store.get(cand.key)
+            if entry is None:
+                cands.remove(cand)
+                continue
         if entry is None:
             # Expired or invalidated: every index must forget it. (An entry still being
             # written has its record in PostgreSQL before it reaches any index.)

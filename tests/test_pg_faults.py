@@ -21,12 +21,15 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import redis
 import requests
 
-from tests.conftest import auth, create_user
+from cache.keys import CacheKey
+from cache.keyspace import Keyspace
+from tests.conftest import auth, create_user, nonsense_word
 from tests.redis_servers import RedisServer
 from tests.stack import ROOT, Stack, free_port
-from tests.test_faults import ask, question
+from tests.test_faults import MODEL, ask, question
 from webapp.migrate import migrate
 from webapp.passwords import key_hash
 
@@ -254,3 +257,24 @@ def test_an_answer_stored_while_postgres_restarts_is_served_and_recorded(
         time.sleep(0.3)
     assert _rows(pg_down.url, logged, ids) == [("exact",), ("miss",)]
     assert standin.calls()["prompts"].count(prompt) == 1, standin.calls()["prompts"]
+
+
+def test_a_semantic_match_postgres_cannot_load_is_answered_by_the_llm(pg_stack, pg_down, standin):
+    """The index finds a stored question whose Redis copy is gone, and PostgreSQL, which
+    would have it, is down: the paraphrase is answered as a miss, not failed."""
+    stack, key = pg_stack
+    t = nonsense_word()
+    asked = f"How long should I boil a {t} egg?"
+    first = ask(stack.url, key, "native", asked, 30)
+    assert first.status_code == 200 and first.json()["cache"]["status"] == "miss", first.text
+    hit = ask(stack.url, key, "native", f"How long must I boil a {t} egg?", 30)
+    assert hit.json()["cache"]["status"] == "semantic", hit.json()["cache"]  # it matches
+    exact = CacheKey.build(MODEL, [{"role": "user", "content": asked}]).exact
+    assert redis.Redis.from_url(stack.env["REDIS_URL"]).delete(Keyspace("flock:v1:").resp(exact))
+
+    pg_down.stop()
+    reworded = f"How long do I need to boil a {t} egg?"
+    resp = ask(stack.url, key, "native", reworded, 30)
+    assert resp.status_code == 200, (resp.text, stack.procs["embedder"].tail())
+    assert resp.json()["cache"]["status"] == "miss"
+    assert reworded in standin.calls()["prompts"]
