@@ -3,8 +3,9 @@ whose keys may live on different nodes.
 
 Every multi-key script and transaction of Flock touches the names of one exact key (one
 hash tag: cache.keyspace), so a cluster client runs them unchanged. What reads or writes
-keys of different ids goes through the helpers here: a pipeline of single-key commands,
-which redis-py sends node by node on a cluster and in one round trip otherwise.
+keys of different ids is done id by id: reads of many keys through `get_many` (a pipeline
+of GETs, which redis-py sends node by node on a cluster; one MGET otherwise), scripts one
+call per key (a cluster pipeline takes no scripts).
 
 A cluster client is typed as `redis.Redis`: RedisCluster offers the same command methods
 (it is not a subclass), and nothing here relies on more.

@@ -37,7 +37,9 @@ ERROR_MEMORY_S = 10
 # ARGV[1] the done:<key> channel; ARGV[2] the Outcome; ARGV[3] the attempt; ARGV[4] seconds
 # to remember a failure, or 0; ARGV[5] the entry to store at KEYS[1], or ""; ARGV[6] its
 # TTL s. Stores, wakes, then releases the lease like cache.lease's _RELEASE (its followers
-# popped and returned, the lock compare-and-deleted).
+# popped and returned, the lock compare-and-deleted). A failure is also remembered briefly
+# (err:<key>), so a waiter that saw this attempt hold the lease, and missed the message,
+# reports the error instead of trying again.
 _FINISH = """
 if ARGV[5] ~= '' then
   redis.call('SET', KEYS[1], ARGV[5], 'EX', ARGV[6])
