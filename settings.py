@@ -27,11 +27,15 @@ LLM_BACKENDS = ("ollama", "embedded", "auto")
 # connections are checked before use every REDIS_HEALTH_CHECK_S. The wake-up subscriber
 # waits for messages with get_message(timeout=...), which the read timeout does not cut.
 # PostgreSQL: connecting within PG_CONNECT_TIMEOUT_S, statements cut at
-# PG_STATEMENT_TIMEOUT_MS (migrations excepted).
+# PG_STATEMENT_TIMEOUT_MS (migrations excepted). A pool's connection is checked as it is
+# handed out (one dropped by a PostgreSQL restart is replaced, not used), and a pool gives
+# up reconnecting with backoff after PG_RECONNECT_TIMEOUT_S, so the next request tries at
+# once (psycopg_pool's own default, 5 minutes, lets the backoff grow past 30 s).
 REDIS_CONNECT_TIMEOUT_S = 5.0
 REDIS_HEALTH_CHECK_S = 30
 PG_CONNECT_TIMEOUT_S = 5
 PG_STATEMENT_TIMEOUT_MS = 30_000
+PG_RECONNECT_TIMEOUT_S = 5.0
 
 
 def redis_timeouts(timeout_s: float) -> dict[str, Any]:
@@ -40,6 +44,18 @@ def redis_timeouts(timeout_s: float) -> dict[str, Any]:
         "socket_timeout": timeout_s,
         "socket_connect_timeout": min(REDIS_CONNECT_TIMEOUT_S, timeout_s),
         "health_check_interval": REDIS_HEALTH_CHECK_S,
+    }
+
+
+def pg_pool_kwargs() -> dict[str, Any]:
+    """Keyword arguments of every PostgreSQL pool (psycopg_pool.ConnectionPool)."""
+    from psycopg_pool import ConnectionPool
+
+    return {
+        "kwargs": pg_connection_kwargs(),
+        "configure": pg_configure,
+        "check": ConnectionPool.check_connection,
+        "reconnect_timeout": PG_RECONNECT_TIMEOUT_S,
     }
 
 

@@ -37,7 +37,7 @@ from inference import (
     load_embedder,
 )
 from inference.pair_model import PairModel
-from settings import Settings, current, pg_configure, pg_connection_kwargs, redis_timeouts
+from settings import Settings, current, pg_pool_kwargs, redis_timeouts
 
 T = TypeVar("T")
 
@@ -173,10 +173,9 @@ def _build() -> Resources:
         conf.database_url,
         min_size=1,
         max_size=4,
-        kwargs=pg_connection_kwargs(),
-        configure=pg_configure,
         timeout=max(1.0, conf.lock_lease_ms / 3000),
         open=True,
+        **pg_pool_kwargs(),
     )
     repo = CacheRepo(pool)
     pg = Outage()

@@ -8,7 +8,7 @@ import logging
 from flask import Flask, current_app
 from psycopg_pool import ConnectionPool
 
-from settings import pg_configure, pg_connection_kwargs
+from settings import pg_pool_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -20,8 +20,7 @@ def init_app(app: Flask) -> None:
         max_size=app.config["DATABASE_POOL_SIZE"],
         timeout=10,
         open=False,
-        kwargs=pg_connection_kwargs(),
-        configure=pg_configure,
+        **pg_pool_kwargs(),
     )
     pool.open(wait=False)
     app.extensions["flock.db"] = pool
