@@ -5,8 +5,8 @@ First the Redis-level tests of tests/test_cache_redis.py run again with a cluste
 (leases, followers whose lock lives on another node than their leader's, aliases, wake-ups,
 the semantic change log), then a full stack (web, embedder, llm worker) answers on it: a
 burst is one LLM call, a paraphrase is a semantic hit, similar prompts in flight follow
-one generation, tokens stream, and a node killed and started again empty costs nothing
-but the answers it held.
+one generation, tokens stream, readiness and gauges read the cluster, and a node killed
+and started again empty costs no answer: what it held comes back from PostgreSQL.
 """
 
 from __future__ import annotations
