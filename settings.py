@@ -161,6 +161,10 @@ class Settings:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name.upper()} must not be negative, not {getattr(self, name)}")
 
+        if "{" in self.flock_key_prefix or "}" in self.flock_key_prefix:
+            # A brace would make the prefix the hash tag: one cluster slot for every key.
+            raise ValueError(f"FLOCK_KEY_PREFIX must not contain braces: "
+                             f"{self.flock_key_prefix!r}")  # fmt: skip
         if self.redis_cluster and not self.celery_broker_url:
             raise ValueError("REDIS_CLUSTER needs CELERY_BROKER_URL: Celery cannot use a "
                              "cluster as its broker; give it a Redis of its own")  # fmt: skip

@@ -7,9 +7,11 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
 from redis.cluster import key_slot
 
 from cache import Follower, Keyspace, Lease
+from settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 PRODUCT = ("cache", "webapp", "tasks", "inference", "settings.py", "celeryconfig.py")
@@ -28,7 +30,7 @@ def _kinds() -> set[str]:
         value = attr if not callable(attr) else attr(*[_ID] * (attr.__code__.co_argcount - 1))
         for text in value if isinstance(value, tuple) else (value,):
             head = text.partition(_ID)[0].partition("*")[0].rstrip("{")  # without the hash tag
-            if head:
+            if head and head != "}":  # "}": the tail of lock_parts, not a kind
                 kinds.add(head)
     return kinds
 
@@ -106,3 +108,15 @@ def test_the_heartbeat_keeps_follower_locks_alive(redis_client):
     finally:
         for key in redis_client.scan_iter(match=f"{ks.prefix}*"):
             redis_client.delete(key)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{"FLOCK_KEY_PREFIX": "flock:{v1}:"}, {"REDIS_CLUSTER": "1"}],
+    ids=["braced-prefix", "cluster-without-broker"],
+)
+def test_settings_refuse_what_would_break_a_cluster(env):
+    """A braced prefix would be every key's hash tag (one slot); Celery cannot use a cluster."""
+    with pytest.raises(ValueError, match="FLOCK_KEY_PREFIX|CELERY_BROKER_URL"):
+        Settings.from_env(env)
+    Settings.from_env({"REDIS_CLUSTER": "1", "CELERY_BROKER_URL": "redis://elsewhere/0"})
