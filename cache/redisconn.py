@@ -16,16 +16,32 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from typing import Any, cast
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
-from redis.cluster import RedisCluster, key_slot
+from redis.cluster import ClusterNode, RedisCluster, key_slot
 
 
 def connect(url: str, cluster: bool = False, **kwargs: Any) -> redis.Redis:
     """A client of the Redis (or, with `cluster`, the Redis Cluster one node of) at `url`."""
     if cluster:
-        return cast(redis.Redis, RedisCluster.from_url(url, **kwargs))
+        return cast(redis.Redis, _cluster(url, **kwargs))
     return redis.Redis.from_url(url, **kwargs)
+
+
+def _cluster(url: str, **kwargs: Any) -> RedisCluster:
+    """A cluster client. The URL may name several nodes, comma-separated
+    (`redis://10.0.0.1:7000,10.0.0.2:7000/0`): a process starts as long as one of them
+    answers, and learns the others from it."""
+    parts = urlsplit(url)
+    user, at, hosts = parts.netloc.rpartition("@")
+    first, *more = hosts.split(",")
+    seeds = []
+    for node in more:
+        host, _, port = node.rpartition(":")
+        seeds.append(ClusterNode(host or node, int(port) if host else 6379))
+    first_url = urlunsplit(parts._replace(netloc=f"{user}{at}{first}"))
+    return RedisCluster.from_url(first_url, startup_nodes=seeds, **kwargs)
 
 
 def pooled(
@@ -34,7 +50,7 @@ def pooled(
     """A client whose callers wait up to `wait_s` for a free connection (at most
     `max_connections`, per node on a cluster) instead of failing."""
     if cluster:
-        return cast(redis.Redis, RedisCluster.from_url(
+        return cast(redis.Redis, _cluster(
             url, connection_pool_class=redis.BlockingConnectionPool,
             max_connections=max_connections, timeout=wait_s, **kwargs,
         ))  # fmt: skip

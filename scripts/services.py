@@ -82,7 +82,26 @@ def redis_answers(url: str) -> bool:
                 s.settimeout(1)
                 s.connect(parts.path)
         else:
-            socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), 1).close()
+            return any(_accepts(host, port) for host, port in redis_nodes(url))
+    except OSError:
+        return False
+    return True
+
+
+def redis_nodes(url: str) -> list[tuple[str, int]]:
+    """(host, port) of each node a redis:// URL names: one, or several comma-separated (a
+    Redis Cluster's seeds, REDIS_CLUSTER=1)."""
+    nodes = []
+    for node in urlsplit(url).netloc.rpartition("@")[2].split(","):
+        host, colon, port = node.rpartition(":")
+        host, port = (host, port) if colon else (node, "")
+        nodes.append((host.strip("[]") or "127.0.0.1", int(port) if port else 6379))
+    return nodes
+
+
+def _accepts(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), 1).close()
     except OSError:
         return False
     return True
@@ -114,7 +133,9 @@ def where(url: str) -> str:
             return "?"
         return f"{info.get('host') or 'local socket'}:{info.get('port') or 5432}"
     parts = urlsplit(url)
-    return parts.path if parts.scheme == "unix" else f"{parts.hostname}:{parts.port or 6379}"
+    if parts.scheme == "unix":
+        return parts.path
+    return ",".join(f"{host}:{port}" for host, port in redis_nodes(url))
 
 
 # --- binaries ----------------------------------------------------------------------------

@@ -21,13 +21,15 @@ import pytest
 import redis
 import requests
 from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 
 from cache import Keyspace
 from cache.keys import CacheKey
+from cache.redisconn import connect
 from tests.conftest import LEASE_MS, auth, create_user, nonsense_word, ops, post_chat
 from tests.redis_servers import RedisCluster3, RedisServer
 from tests.sse import stream_chat, text_of
-from tests.stack import Stack
+from tests.stack import Stack, free_port
 
 # The Redis-level tests, run here with `redis_client` a cluster client (this module's).
 from tests.test_cache_redis import (  # noqa: F401
@@ -98,6 +100,17 @@ def cluster_stack(stack_env, cluster, broker, tmp_path_factory) -> Iterator[tupl
 
 def question() -> str:
     return f"Who invented the {nonsense_word()} and why is it {nonsense_word()}?"
+
+
+def test_a_cluster_url_may_name_several_seeds(cluster):
+    """A process starts while the first node its REDIS_URL names is down, from the next."""
+    dead = free_port()
+    seeds = ",".join(f"127.0.0.1:{n.port}" for n in cluster.nodes[1:])
+    client = connect(f"redis://127.0.0.1:{dead},{seeds}/0", cluster=True, socket_connect_timeout=1)
+    assert client.set("seeded", "1") and client.get("seeded") == b"1"
+    assert len(client.get_nodes()) == 3  # it learned the whole cluster
+    with pytest.raises(RedisClusterException):
+        connect(f"redis://127.0.0.1:{dead}/0", cluster=True, socket_connect_timeout=1)
 
 
 def test_a_burst_on_a_cluster_is_one_llm_call(cluster_stack, standin, ns):
