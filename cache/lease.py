@@ -72,17 +72,24 @@ end
 return 1
 """
 
-# KEYS[1] lock key; KEYS[2] its followers set; ARGV[1] attempt. Pops the followers and
-# compare-and-deletes the lock, whatever its state; returns the followers.
-_RELEASE = """
-local followers = redis.call('SMEMBERS', KEYS[2])
-redis.call('DEL', KEYS[2])
-local v = redis.call('GET', KEYS[1])
-if v == 'q:' .. ARGV[1] or v == 'r:' .. ARGV[1] then
-  redis.call('DEL', KEYS[1])
+
+def release_lua(lock: str, followers: str, attempt: str) -> str:
+    """Lua that pops the followers and compare-and-deletes the lock, whatever its state,
+    and returns the followers; the arguments name where the script finds each (KEYS[i],
+    ARGV[i]). The end of cache.store's _FINISH too."""
+    return f"""
+local followers = redis.call('SMEMBERS', {followers})
+redis.call('DEL', {followers})
+local v = redis.call('GET', {lock})
+if v == 'q:' .. {attempt} or v == 'r:' .. {attempt} then
+  redis.call('DEL', {lock})
 end
 return followers
 """
+
+
+# KEYS[1] lock key; KEYS[2] its followers set; ARGV[1] attempt.
+_RELEASE = release_lua("KEYS[1]", "KEYS[2]", "ARGV[1]")
 
 # KEYS[1] leader's lock; KEYS[2] leader's followers set; ARGV[1] member "<key> <attempt>
 # <similarity>"; ARGV[2] lease ms. Joins only while the leader's lock exists.

@@ -26,7 +26,7 @@ import redis
 from cache.entry import Entry, Outcome
 from cache.job import COALESCED
 from cache.keyspace import Keyspace
-from cache.lease import Follower, followers
+from cache.lease import Follower, followers, release_lua
 from cache.redisconn import get_many
 from cache.repo import Removed
 from cache.semantic import SemanticIndex
@@ -36,7 +36,7 @@ ERROR_MEMORY_S = 10
 # KEYS[1] resp:<key>; KEYS[2] err:<key>; KEYS[3] lock:<key>; KEYS[4] followers:<key>;
 # ARGV[1] the done:<key> channel; ARGV[2] the Outcome; ARGV[3] the attempt; ARGV[4] seconds
 # to remember a failure, or 0; ARGV[5] the entry to store at KEYS[1], or ""; ARGV[6] its
-# TTL s. Stores, wakes, then releases the lease like cache.lease's _RELEASE (its followers
+# TTL s. Stores, wakes, then releases the lease as Lease.release does (its followers
 # popped and returned, the lock compare-and-deleted). A failure is also remembered briefly
 # (err:<key>), so a waiter that saw this attempt hold the lease, and missed the message,
 # reports the error instead of trying again.
@@ -48,14 +48,7 @@ redis.call('PUBLISH', ARGV[1], ARGV[2])
 if tonumber(ARGV[4]) > 0 then
   redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[4])
 end
-local followers = redis.call('SMEMBERS', KEYS[4])
-redis.call('DEL', KEYS[4])
-local v = redis.call('GET', KEYS[3])
-if v == 'q:' .. ARGV[3] or v == 'r:' .. ARGV[3] then
-  redis.call('DEL', KEYS[3])
-end
-return followers
-"""
+""" + release_lua("KEYS[3]", "KEYS[4]", "ARGV[3]")
 
 # KEYS[1] aliases:<entry id>; ARGV[1] an alias's key; ARGV[2] its TTL ms. The set lives as
 # long as its longest-lived alias.
