@@ -19,6 +19,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import psycopg
 import pytest
@@ -199,3 +200,19 @@ def post_many(
 ) -> list[requests.Response]:
     with ThreadPoolExecutor(max_workers=workers or len(bodies)) as pool:
         return list(pool.map(lambda b: post_chat(url, b, key=key), bodies))
+
+
+@contextmanager
+def small_stack(
+    env: dict[str, str], logdir, label: str, embedders: int = 2, llm: int = 4
+) -> Iterator[tuple[Stack, str]]:
+    """An embedder, an llm worker (`embedders`, `llm` threads) and one web process on
+    `env`, and the API key of a new user named after `label`; stopped on the way out."""
+    s = Stack(env=env, logdir=logdir)
+    try:
+        s.start_worker("embedder", "embed", concurrency=embedders, pool="threads")
+        s.start_worker("llm", "llm", concurrency=llm, pool="threads")
+        s.start_web(workers=1)
+        yield s, create_user(env, f"{label}-{uuid.uuid4().hex[:6]}")
+    finally:
+        s.stop()

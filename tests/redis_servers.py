@@ -9,8 +9,11 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import redis
 
 from tests.stack import free_port
@@ -73,6 +76,20 @@ class RedisServer:
             self.popen.kill()
             self.popen.wait(10)
             self.popen = None
+
+
+@contextmanager
+def own_redis(workdir: Path, *extra: str) -> Iterator[RedisServer]:
+    """A started RedisServer (`extra`: its options), killed on the way out; the test is
+    skipped where redis-server is not installed."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    server = RedisServer(workdir)
+    server.start(*extra)
+    try:
+        yield server
+    finally:
+        server.kill()
 
 
 class RedisCluster3:

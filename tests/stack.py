@@ -6,6 +6,7 @@ Celery worker, parent and children, exactly as a crashed host would lose it.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import socket
@@ -18,6 +19,15 @@ from pathlib import Path
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_services():
+    """scripts/services.py (scripts/ is not a package), loaded by its path."""
+    spec = importlib.util.spec_from_file_location("flock_services", ROOT / "scripts/services.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def free_port() -> int:

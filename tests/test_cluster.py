@@ -12,7 +12,6 @@ and started again empty costs no answer: what it held comes back from PostgreSQL
 from __future__ import annotations
 
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,8 +25,8 @@ from redis.exceptions import RedisClusterException
 from cache import Keyspace
 from cache.keys import CacheKey
 from cache.redisconn import connect
-from tests.conftest import LEASE_MS, auth, create_user, nonsense_word, ops, post_chat
-from tests.redis_servers import RedisCluster3, RedisServer
+from tests.conftest import LEASE_MS, auth, nonsense_word, ops, post_chat, small_stack
+from tests.redis_servers import RedisCluster3, RedisServer, own_redis
 from tests.sse import stream_chat, text_of
 from tests.stack import Stack, free_port
 
@@ -74,10 +73,8 @@ def redis_client(cluster) -> Iterator[redis.Redis]:
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("broker"))
-    server.start()
-    yield server
-    server.kill()
+    with own_redis(tmp_path_factory.mktemp("broker")) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -88,14 +85,8 @@ def cluster_stack(stack_env, cluster, broker, tmp_path_factory) -> Iterator[tupl
         "REDIS_CLUSTER": "1",
         "CELERY_BROKER_URL": f"{broker.url}/0",
     }
-    stack = Stack(env=env, logdir=tmp_path_factory.mktemp("cluster-logs"))
-    try:
-        stack.start_worker("embedder", "embed", concurrency=2, pool="threads")
-        stack.start_worker("llm", "llm", concurrency=4, pool="threads")
-        stack.start_web(workers=1)
-        yield stack, create_user(env, f"cluster-{uuid.uuid4().hex[:6]}")
-    finally:
-        stack.stop()
+    with small_stack(env, tmp_path_factory.mktemp("cluster-logs"), "cluster") as stack_and_key:
+        yield stack_and_key
 
 
 def question() -> str:

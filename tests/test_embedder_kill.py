@@ -14,10 +14,8 @@ Redis, so no other test's workers take this stack's tasks.
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -26,8 +24,8 @@ import pytest
 import redis
 import requests
 
-from tests.conftest import LEASE_MS, auth, create_user, fresh_namespace
-from tests.redis_servers import RedisServer
+from tests.conftest import LEASE_MS, auth, fresh_namespace, small_stack
+from tests.redis_servers import RedisServer, own_redis
 from tests.sse import stream_chat
 from tests.stack import Stack
 from tests.test_faults import question
@@ -40,20 +38,10 @@ TIMEOUT_S = 30  # the stack's REQUEST_TIMEOUT_S (tests/conftest.py)
 
 @pytest.fixture(scope="module")
 def kill_stack(stack_env, tmp_path_factory) -> Iterator[tuple[Stack, str, RedisServer]]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
-    server = RedisServer(tmp_path_factory.mktemp("kill-redis"))
-    server.start()
-    env = {**stack_env, "REDIS_URL": f"{server.url}/0", "CELERY_BROKER_URL": f"{server.url}/1"}
-    s = Stack(env=env, logdir=tmp_path_factory.mktemp("kill-logs"))
-    try:
-        s.start_worker("embedder", "embed", concurrency=2, pool="threads")
-        s.start_worker("llm", "llm", concurrency=4, pool="threads")
-        s.start_web(workers=1)
-        yield s, create_user(env, f"kill-{uuid.uuid4().hex[:6]}"), server
-    finally:
-        s.stop()
-        server.kill()
+    with own_redis(tmp_path_factory.mktemp("kill-redis")) as server:
+        env = {**stack_env, "REDIS_URL": f"{server.url}/0", "CELERY_BROKER_URL": f"{server.url}/1"}
+        with small_stack(env, tmp_path_factory.mktemp("kill-logs"), "kill") as (s, key):
+            yield s, key, server
 
 
 def _ask(url: str, key: str, body: dict) -> tuple[int, dict, float]:

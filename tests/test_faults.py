@@ -8,7 +8,6 @@ never restarted.
 
 from __future__ import annotations
 
-import shutil
 import signal
 import socket
 import threading
@@ -24,8 +23,15 @@ import redis
 import requests
 
 from cache.keyspace import Keyspace
-from tests.conftest import LEASE_MS, auth, conversation, create_user, nonsense_word
-from tests.redis_servers import RedisServer
+from tests.conftest import (
+    LEASE_MS,
+    auth,
+    conversation,
+    create_user,
+    nonsense_word,
+    small_stack,
+)
+from tests.redis_servers import RedisServer, own_redis
 from tests.stack import Stack, free_port
 
 MODEL = "llama3.2:1b"
@@ -33,12 +39,8 @@ MODEL = "llama3.2:1b"
 
 @pytest.fixture(scope="module")
 def private_redis(tmp_path_factory) -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
-    server = RedisServer(tmp_path_factory.mktemp("private-redis"))
-    server.start()
-    yield server
-    server.kill()
+    with own_redis(tmp_path_factory.mktemp("private-redis")) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +51,8 @@ def own_stack(stack_env, private_redis, tmp_path_factory) -> Iterator[tuple[Stac
         "REDIS_URL": f"{private_redis.url}/0",
         "CELERY_BROKER_URL": f"{private_redis.url}/1",
     }
-    s = Stack(env=env, logdir=tmp_path_factory.mktemp("faults-logs"))
-    try:
-        s.start_worker("embedder", "embed", concurrency=2, pool="threads")
-        s.start_worker("llm", "llm", concurrency=4, pool="threads")
-        s.start_web(workers=1)
-        yield s, create_user(env, f"faults-{uuid.uuid4().hex[:6]}")
-    finally:
-        s.stop()
+    with small_stack(env, tmp_path_factory.mktemp("faults-logs"), "faults") as stack_and_key:
+        yield stack_and_key
 
 
 def question() -> str:

@@ -10,7 +10,6 @@ broker are a private Redis too, so no other test's workers take this stack's tas
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import time
@@ -26,9 +25,9 @@ import requests
 
 from cache.keys import CacheKey
 from cache.keyspace import Keyspace
-from tests.conftest import auth, create_user, nonsense_word
-from tests.redis_servers import RedisServer
-from tests.stack import ROOT, Stack, free_port
+from tests.conftest import auth, create_user, nonsense_word, small_stack
+from tests.redis_servers import own_redis
+from tests.stack import ROOT, Stack, free_port, load_services
 from tests.test_faults import MODEL, ask, question
 from webapp.migrate import migrate
 from webapp.passwords import key_hash
@@ -39,16 +38,7 @@ pytestmark = pytest.mark.slow
 KEY_MEMORY_S, KEY_CACHE_S = 1, 2
 
 
-def _load_services():
-    """scripts/ is not a package: load scripts/services.py by its path."""
-    spec = importlib.util.spec_from_file_location("flock_services", ROOT / "scripts/services.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-services = _load_services()
+services = load_services()
 
 
 class PrivatePostgres:
@@ -107,27 +97,17 @@ def private_pg() -> Iterator[PrivatePostgres]:
 
 @pytest.fixture(scope="module")
 def pg_stack(stack_env, private_pg, tmp_path_factory) -> Iterator[tuple[Stack, str]]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
-    cache = RedisServer(tmp_path_factory.mktemp("pg-faults-redis"))
-    cache.start()
-    env = {
-        **stack_env,
-        "DATABASE_URL": private_pg.url,
-        "REDIS_URL": f"{cache.url}/0",
-        "CELERY_BROKER_URL": f"{cache.url}/1",
-        "API_KEY_MEMORY_S": str(KEY_MEMORY_S),
-        "API_KEY_CACHE_S": str(KEY_CACHE_S),
-    }
-    s = Stack(env=env, logdir=tmp_path_factory.mktemp("pg-faults-logs"))
-    try:
-        s.start_worker("embedder", "embed", concurrency=2, pool="threads")
-        s.start_worker("llm", "llm", concurrency=2, pool="threads")
-        s.start_web(workers=1)
-        yield s, create_user(env, f"pgfaults-{uuid.uuid4().hex[:6]}")
-    finally:
-        s.stop()
-        cache.kill()
+    with own_redis(tmp_path_factory.mktemp("pg-faults-redis")) as cache:
+        env = {
+            **stack_env,
+            "DATABASE_URL": private_pg.url,
+            "REDIS_URL": f"{cache.url}/0",
+            "CELERY_BROKER_URL": f"{cache.url}/1",
+            "API_KEY_MEMORY_S": str(KEY_MEMORY_S),
+            "API_KEY_CACHE_S": str(KEY_CACHE_S),
+        }
+        with small_stack(env, tmp_path_factory.mktemp("pg-faults-logs"), "pgfaults", llm=2) as sk:
+            yield sk
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ server's."""
 
 from __future__ import annotations
 
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,20 +18,16 @@ import requests
 
 from cache import Keyspace
 from cache.ratelimit import RateLimiter
-from tests.conftest import create_user, ops
-from tests.redis_servers import RedisServer
+from tests.conftest import ops, small_stack
+from tests.redis_servers import RedisServer, own_redis
 from tests.stack import Stack
 from tests.test_faults import ask, question
 
 
 @pytest.fixture(scope="module")
 def full_redis(tmp_path_factory) -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
-    server = RedisServer(tmp_path_factory.mktemp("full-redis"))
-    server.start("--maxmemory-policy", "noeviction")
-    yield server
-    server.kill()
+    with own_redis(tmp_path_factory.mktemp("full-redis"), "--maxmemory-policy", "noeviction") as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
@@ -42,14 +37,8 @@ def full_stack(stack_env, full_redis, tmp_path_factory) -> Iterator[tuple[Stack,
         "REDIS_URL": f"{full_redis.url}/0",
         "CELERY_BROKER_URL": f"{full_redis.url}/1",
     }
-    s = Stack(env=env, logdir=tmp_path_factory.mktemp("full-logs"))
-    try:
-        s.start_worker("embedder", "embed", concurrency=1, pool="threads")
-        s.start_worker("llm", "llm", concurrency=2, pool="threads")
-        s.start_web(workers=1)
-        yield s, create_user(env, f"full-{uuid.uuid4().hex[:6]}")
-    finally:
-        s.stop()
+    with small_stack(env, tmp_path_factory.mktemp("full-logs"), "full", embedders=1, llm=2) as sk:
+        yield sk
 
 
 def _failed_open(url: str) -> float:

@@ -8,7 +8,6 @@ gets its answer through web, embedder and llm, and stopping make leaves nothing 
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import signal
@@ -25,19 +24,9 @@ import requests
 
 from tests.conftest import CACHE_DB, PG_SERVER, REDIS_BASE
 from tests.ollama_standin import StandIn
-from tests.stack import ROOT, free_port
+from tests.stack import ROOT, free_port, load_services
 
-
-def _load_services():
-    """scripts/ is not a package: load scripts/services.py by its path."""
-    spec = importlib.util.spec_from_file_location("flock_services", ROOT / "scripts/services.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-services = _load_services()
+services = load_services()
 
 # Settings a developer's shell (or an outer `make test`) may carry that must not leak into
 # the `make run` under test.
