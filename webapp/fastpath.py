@@ -30,7 +30,6 @@ from typing import Any
 
 import redis
 from flask import Flask
-from prometheus_client import Counter
 
 from cache.job import EXACT
 from webapp import security
@@ -38,17 +37,11 @@ from webapp.auth import remembered
 from webapp.call import ADMITTED, STARTED, Call
 from webapp.chat import Answer
 from webapp.errors import ApiError
-from webapp.metrics import REGISTRY
 from webapp.passwords import key_hash
 from webapp.services import Services
 
 PATH = "/api/v1/chat"
 log = logging.getLogger(__name__)
-FAILED_OPEN = Counter(
-    "flock_ratelimit_failed_open",
-    "Requests admitted without their rate-limit token: a full Redis refused the bucket's write",
-    registry=REGISTRY,
-)
 
 
 class ExactHits:
@@ -125,6 +118,3 @@ def _reads_the_cache(body: Any) -> bool:
 
 def init_app(app: Flask) -> None:
     app.wsgi_app = ExactHits(app)  # type: ignore[method-assign]
-    # Here rather than in webapp/services.py: the fail-open exists for exact hits.
-    svc: Services = app.extensions["flock"]
-    svc.limiter.on_refused_write = FAILED_OPEN.inc

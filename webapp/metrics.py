@@ -57,6 +57,11 @@ LLM_CALLS = Counter("flock_llm_calls", "Answers that called the LLM (miss)", reg
 TOKENS_SAVED = Counter(
     "flock_tokens_saved", "Prompt and completion tokens not generated again", registry=REGISTRY
 )
+RATELIMIT_FAILED_OPEN = Counter(
+    "flock_ratelimit_failed_open",
+    "Requests admitted without their rate-limit token: a full Redis refused the bucket's write",
+    registry=REGISTRY,
+)
 # Every outcome is exported from the start, at 0: rate() needs the series before the
 # first event, and a dashboard should not show "no data" for "no errors yet".
 for _outcome in OUTCOMES:

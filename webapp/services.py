@@ -21,7 +21,7 @@ from cache.store import forget_everywhere
 from cache.tokens import TokenHub, TokenWriter
 from settings import redis_timeouts
 from tasks.app import app as celery_app
-from webapp import db
+from webapp import db, metrics
 from webapp.reqlog import RequestLog
 
 
@@ -90,7 +90,9 @@ def init_app(app: Flask) -> None:
         repo=repo,
         # The web only ever publishes removals: it never loads or searches vectors.
         index=SemanticIndex(client, keys, source=lambda: ()),
-        limiter=RateLimiter(client, keys, cfg["REQUESTS_PER_MINUTE"]),
+        # An exact hit's read stands when a full Redis refuses its bucket's write: counted.
+        limiter=RateLimiter(client, keys, cfg["REQUESTS_PER_MINUTE"],
+                            on_refused_write=metrics.RATELIMIT_FAILED_OPEN.inc),  # fmt: skip
         log=RequestLog(pool, cfg["REQUEST_LOG_INTERVAL_S"]),
         tokens=TokenHub(
             connect(cfg["REDIS_URL"], cluster, **timeouts),  # its XREAD blocks for 0.1 s
