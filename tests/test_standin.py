@@ -211,6 +211,10 @@ def test_calls_are_counted_on_arrival(standin: StandIn) -> None:
     slow.join()
     standin.configure(latency_s=0)
     post(standin, "/api/generate", {"model": MODEL, "prompt": "second", "stream": False})
+    # The server counts a call ended just after its reply has left: wait for that moment.
+    deadline = time.monotonic() + 2
+    while standin.calls()["in_flight"] and time.monotonic() < deadline:
+        time.sleep(0.01)
     calls = standin.calls()
     assert calls["total"] == 2 and calls["in_flight"] == 0
     assert calls["prompts"] == ["slow one", "second"]
