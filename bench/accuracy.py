@@ -12,8 +12,11 @@ second stage: the pair model's P(same) >= the score threshold; one thread, memoi
 Sets: the public question pairs (bench/qqp.py, split by question component: the operating
 point is chosen on `val` only, `test` is only reported); bench/data/traps.jsonl;
 bench/data/nearmiss.jsonl (`tune` and `holdout` reported apart, per kind; neither chooses
-anything); retrieval on the shared paraphrase set: every first question indexed, each
-paraphrase gets its K=3 nearest and `Verifier.choose` serves one (right: its own entry).
+anything); 160 val candidate pairs (cosine >= 0.80, no guard veto) labelled again by one
+reader blind to the public label and to every score (bench/data/QQP_REREAD.md): precision at
+the point by either label set; retrieval on the shared paraphrase set: every first question
+indexed, each paraphrase gets its K=3 nearest and `Verifier.choose` serves one (right: its
+own entry).
 
 Operating point: over a grid of cosine x score thresholds, the highest QQP val recall at
 precision >= --target-precision (0.90 when out of reach). Reported there and at the
@@ -29,6 +32,7 @@ The table goes to stderr; stdout gets one JSON summary.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import re
@@ -50,6 +54,7 @@ from inference.pair_model import MODEL_DIR, PairModel
 ROOT = Path(__file__).resolve().parent.parent
 TRAPS = ROOT / "bench" / "data" / "traps.jsonl"
 NEARMISS = ROOT / "bench" / "data" / "nearmiss.jsonl"
+REREAD = ROOT / "bench" / "data" / "qqp_val_reread.jsonl"
 K = 3  # candidates per lookup, as the answer task asks the index for
 BASELINE = 0.80  # SEMANTIC_THRESHOLD before the second stage
 COSINES = [round(0.70 + 0.025 * i, 3) for i in range(9)]  # 0.70 .. 0.90
@@ -297,6 +302,35 @@ def table(name: str, rows: dict[str, Any]) -> None:
         log(f"  {set_name:18s} {cells}")
 
 
+def pair_id(a: str, b: str) -> str:
+    return hashlib.sha256(f"{qqp.key(a)}\n{qqp.key(b)}".encode()).hexdigest()[:16]
+
+
+def reread(rows: Sequence[Row], val: Judged, t_cos: float, t_score: float) -> dict[str, Any]:
+    """Precision at the point on the val pairs labelled again (REREAD), by the public labels
+    and by the reader's; `agree`: share of those pairs where the two labels agree."""
+    with open(REREAD, encoding="utf-8") as fh:
+        labels = {r["pair"]: bool(r["same"]) for r in map(json.loads, fh)}
+    ids = [pair_id(a, b) for a, b, _, _ in rows]
+    idx = [i for i, pid in enumerate(ids) if pid in labels]
+    if not idx:
+        return {"pairs": 0}
+    served = val.served("verifier", t_cos, t_score)[idx]
+    public = val.same[idx]
+    reader = np.array([labels[ids[i]] for i in idx])
+
+    def precision(labels_: np.ndarray) -> float | None:
+        return round(float(labels_[served].mean()), 3) if served.any() else None
+
+    return {
+        "pairs": len(idx),
+        "served": int(served.sum()),
+        "agree": round(float((public == reader).mean()), 3),
+        "precision_public_labels": precision(public),
+        "precision_reread_labels": precision(reader),
+    }
+
+
 def floors(at: dict[str, Any], lookup: dict[str, Any]) -> dict[str, bool]:
     val, traps = at["qqp_val"], at["traps"]
     nearmiss = max(at[n]["negatives_served"] for n in ("nearmiss_tune", "nearmiss_holdout"))
@@ -387,6 +421,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra = f", score {t_score}" if stage == "verifier" else ""
         table(f"{stage} at cosine {t_cos}{extra}", chosen[stage])
 
+    reread_at = reread(rows["qqp_val"], sets["qqp_val"], t_cos, t_score)
+    log(f"val pairs labelled again: {reread_at}")
     texts = list(dict.fromkeys(t for p in val for t in (p.a, p.b)))
     lookup = cost(store, pair, texts, t_cos, t_score, size.cost)
     log(f"second stage per lookup: {lookup}")
@@ -404,6 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "operating_point": point,
         "at_operating_point": chosen,
         "baseline_cosine_0.80": baseline,
+        "val_reread": reread_at,
         "second_stage_cost": lookup,
         "floors": passed,
         "val_curves": curve,

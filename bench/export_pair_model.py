@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from bench.train_pair_model import (
-    LAYERS,
     MAX_LENGTH,
     average_precision,
     build_model,
@@ -38,7 +37,6 @@ from inference.onnx_export import (
     _split_outlier_channels,
 )
 
-MODEL_FILE = "pair-minilm-l4-int8.onnx"
 MAX_AP_DROP = 0.005
 
 
@@ -89,13 +87,14 @@ def _onnx_scores(onnx_file: Path, tokenizer: Any, rows: list[tuple[str, str, flo
     return np.concatenate(out)
 
 
-def export(checkpoint: Path, out_dir: Path) -> Path:
+def export(checkpoint: Path, out_dir: Path, layers: int) -> Path:
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     started = time.monotonic()
-    tokenizer, model = build_model()
+    model_file = f"pair-minilm-l{layers}-int8.onnx"
+    tokenizer, model = build_model(layers)
     model.load_state_dict(torch.load(checkpoint, weights_only=True))
     model.eval()
     val = validation()
@@ -110,7 +109,7 @@ def export(checkpoint: Path, out_dir: Path) -> Path:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     float_file, pre_file = work / "float.onnx", work / "pre.onnx"
-    out_file = work / MODEL_FILE
+    out_file = work / model_file
     _export_graph(model, float_file)
     quant_pre_process(str(float_file), str(pre_file), skip_symbolic_shape=True)
     with _quiet_root_logger():
@@ -129,15 +128,17 @@ def export(checkpoint: Path, out_dir: Path) -> Path:
     if check["ap_float"] - check["ap_int8"] > MAX_AP_DROP:
         raise SystemExit(f"int8 model loses too much: {check}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copy(out_file, out_dir / MODEL_FILE)
+    for old in out_dir.glob("pair-minilm-l*-int8.onnx"):
+        old.unlink()
+    shutil.copy(out_file, out_dir / model_file)
     manifest = {
-        "file": MODEL_FILE,
-        "layers": LAYERS,
+        "file": model_file,
+        "layers": layers,
         "max_length": MAX_LENGTH,
         "checkpoint": checkpoint.name,
         "self_check": check,
         "export_seconds": round(time.monotonic() - started, 1),
     }
     (out_dir / "pair-model.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    log(f"exported {out_dir / MODEL_FILE} ({(out_dir / MODEL_FILE).stat().st_size >> 20} MB)")
-    return out_dir / MODEL_FILE
+    log(f"exported {out_dir / model_file} ({(out_dir / model_file).stat().st_size >> 20} MB)")
+    return out_dir / model_file

