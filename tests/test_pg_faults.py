@@ -151,10 +151,11 @@ def test_known_api_keys_keep_working_on_exact_hits_while_postgres_is_down(pg_sta
 
     pg_down.stop()
     stopped = time.monotonic()
-    # Hits on every surface for several times the caches' lifetimes.
+    # Hits on every surface for several times the caches' lifetimes, and at least 20 of them
+    # (each time the key's caches lapse, one request waits out a connection attempt: 2 s).
     served, slowest = 0, 0.0
     surfaces = ("native", "openai", "ollama")
-    while time.monotonic() - stopped < 4 * (KEY_MEMORY_S + KEY_CACHE_S):
+    while time.monotonic() - stopped < 4 * (KEY_MEMORY_S + KEY_CACHE_S) or served < 20:
         surface = surfaces[served % 3]
         started = time.monotonic()
         resp = ask(stack.url, key, surface, prompt, timeout=30)
@@ -164,7 +165,6 @@ def test_known_api_keys_keep_working_on_exact_hits_while_postgres_is_down(pg_sta
         assert answer in resp.text, (surface, resp.text)
         served += 1
         time.sleep(0.2)
-    assert served >= 20, served
     assert slowest < 5, slowest  # at worst a connection wait (2 s), never a 10 s pool timeout
     # A revoked key has no last-known copy: PostgreSQL cannot be asked (the pool waits its
     # 10 s for a connection: both at once), so 503, not 200.
