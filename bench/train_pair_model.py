@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "var" / "pairmodel"
 HARD = WORK / "hard.jsonl"
 MODEL_DIR = ROOT / "inference" / "models"
-LAYERS = 4  # the default of --layers
+LAYERS = 6  # the default of --layers: the shipped model keeps all six
 MAX_LENGTH = 128
 
 
@@ -223,7 +223,8 @@ def train(args: argparse.Namespace) -> None:
 
 def layers_of(work: Path) -> int:
     config = work / "config.json"
-    return json.loads(config.read_text())["layers"] if config.exists() else LAYERS
+    # A run from before --layers has no config.json: it kept 4 layers.
+    return json.loads(config.read_text())["layers"] if config.exists() else 4
 
 
 def best_checkpoint(work: Path) -> Path:
