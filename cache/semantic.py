@@ -318,14 +318,15 @@ class SemanticIndex:
 
     def search(self, namespace: str, vector: np.ndarray, k: int = 3) -> list[Candidate]:
         """The k nearest entries of `namespace`, best first, after catching up with the log.
-        An index that must load and cannot (its source is out of reach) has no candidates:
-        the prompt is a miss, and the next search tries the load again."""
+        When the source is out of reach (a load, or the prompts and vectors of new entries),
+        the search runs on what the index holds (nothing before its first load; a candidate
+        gone meanwhile is not served: the caller reads its entry first), and the next search
+        tries again."""
         with self._lock:
             try:
                 self.sync()
             except SourceUnavailable as exc:
-                log.warning("semantic index not loaded (%s): no candidates for now", exc)
-                return []
+                log.warning("semantic index not caught up (%s): searching what it holds", exc)
             space = self._spaces.get(namespace)
             return space.search(np.asarray(vector, dtype=np.float32), k) if space else []
 
@@ -487,7 +488,10 @@ class SemanticIndex:
         wanted = [f[b"key"].decode() for f in changes if f[b"op"] == b"add" and b"item" not in f]
         fetched: dict[str, Row] = {}
         if wanted and self.fetch is not None:
-            fetched = {row[1]: row for row in self.fetch(sorted(set(wanted)))}
+            try:
+                fetched = {row[1]: row for row in self.fetch(sorted(set(wanted)))}
+            except Exception as exc:  # nothing applied: the next sync reads these again
+                raise SourceUnavailable(f"{type(exc).__name__}: {exc}") from exc
         for fields in changes:
             namespace = fields[b"ns"].decode()
             key = fields[b"key"].decode()

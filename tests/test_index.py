@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
@@ -108,6 +109,33 @@ def test_the_log_names_keys_and_the_vectors_come_from_postgresql(redis_client, k
     repo.invalidate("test", entry_id=repo.live(key)[0].id)
     fresh = index(redis_client, keys, repo, ann_min_entries=0)
     assert fresh.search(ns, vector, k=3) == []
+
+
+def test_new_entries_postgresql_cannot_give_wait_and_the_search_runs_on_what_it_holds(
+    redis_client, keys, repo
+):
+    """Just after a PostgreSQL restart the catch-up's read of new entries failed the whole
+    answer task (a 502): the search now runs on the entries the index holds and reads the
+    new ones at the next search."""
+    ns = uuid.uuid4().hex
+    rng = np.random.default_rng(3)
+    old, new = _unit(rng, 1), _unit(rng, 1)
+    (old_key,) = store(repo, ns, ["What is a tensor?"], old)
+    down = {"now": False}
+
+    def fetch(keys_: list[str]):
+        if down["now"]:
+            raise psycopg.OperationalError("couldn't get a connection after 1.00 sec")
+        return repo.vectors_of(keys_)
+
+    reader = SemanticIndex(redis_client, keys, repo.vectors, fetch=fetch)
+    assert [c.key for c in reader.search(ns, old[0], k=3)] == [old_key]
+    (new_key,) = store(repo, ns, ["What is a matrix?"], new)
+    index(redis_client, keys, repo).add(ns, new_key, "What is a matrix?", new[0])
+    down["now"] = True
+    assert [c.key for c in reader.search(ns, new[0], k=3)] == [old_key]  # what it holds
+    down["now"] = False
+    assert reader.search(ns, new[0], k=3)[0].key == new_key  # caught up
 
 
 def _unit(rng: np.random.Generator, n: int) -> np.ndarray:
