@@ -25,6 +25,7 @@ import json
 import select
 import socket
 import socketserver
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -506,6 +507,13 @@ class _Server(ThreadingHTTPServer):
         # DNS; nothing here needs it.
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = self.server_address[:2]
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # A client that drops a kept-alive connection (a worker child exiting) is routine, as it
+        # is for Ollama; anything else still gets socketserver's traceback.
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return
+        super().handle_error(request, client_address)
 
     def track(self, connection: socket.socket) -> None:
         with self._connections_lock:
