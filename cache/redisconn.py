@@ -29,18 +29,30 @@ def connect(url: str, cluster: bool = False, **kwargs: Any) -> redis.Redis:
     return redis.Redis.from_url(url, **kwargs)
 
 
+def url_nodes(url: str) -> list[tuple[str, int]]:
+    """(host, port) of each node a redis:// URL names, comma-separated; IPv6 hosts in
+    brackets (`[::1]:7000`); port 6379 when none is given. scripts/services.py (standard
+    library only, run before any of ours is imported) keeps a copy of this parser."""
+    nodes = []
+    for node in urlsplit(url).netloc.rpartition("@")[2].split(","):
+        if node.startswith("["):
+            host, _, rest = node[1:].partition("]")
+            port = rest.removeprefix(":")
+        else:
+            host, colon, port = node.rpartition(":")
+            host, port = (host, port) if colon else (node, "")
+        nodes.append((host or "127.0.0.1", int(port) if port else 6379))
+    return nodes
+
+
 def _cluster(url: str, **kwargs: Any) -> RedisCluster:
     """A cluster client. The URL may name several nodes, comma-separated
     (`redis://10.0.0.1:7000,10.0.0.2:7000/0`): a process starts as long as one of them
     answers, and learns the others from it."""
     parts = urlsplit(url)
     user, at, hosts = parts.netloc.rpartition("@")
-    first, *more = hosts.split(",")
-    seeds = []
-    for node in more:
-        host, _, port = node.rpartition(":")
-        seeds.append(ClusterNode(host or node, int(port) if host else 6379))
-    first_url = urlunsplit(parts._replace(netloc=f"{user}{at}{first}"))
+    seeds = [ClusterNode(host, port) for host, port in url_nodes(url)[1:]]
+    first_url = urlunsplit(parts._replace(netloc=f"{user}{at}{hosts.split(',')[0]}"))
     return RedisCluster.from_url(first_url, startup_nodes=seeds, **kwargs)
 
 

@@ -90,12 +90,18 @@ def redis_answers(url: str) -> bool:
 
 def redis_nodes(url: str) -> list[tuple[str, int]]:
     """(host, port) of each node a redis:// URL names: one, or several comma-separated (a
-    Redis Cluster's seeds, REDIS_CLUSTER=1)."""
+    Redis Cluster's seeds, REDIS_CLUSTER=1); IPv6 hosts in brackets. A copy of
+    cache.redisconn.url_nodes (importing `cache` here would load numpy and redis);
+    tests/test_cluster.py checks that the two agree."""
     nodes = []
     for node in urlsplit(url).netloc.rpartition("@")[2].split(","):
-        host, colon, port = node.rpartition(":")
-        host, port = (host, port) if colon else (node, "")
-        nodes.append((host.strip("[]") or "127.0.0.1", int(port) if port else 6379))
+        if node.startswith("["):
+            host, _, rest = node[1:].partition("]")
+            port = rest.removeprefix(":")
+        else:
+            host, colon, port = node.rpartition(":")
+            host, port = (host, port) if colon else (node, "")
+        nodes.append((host or "127.0.0.1", int(port) if port else 6379))
     return nodes
 
 

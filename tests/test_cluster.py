@@ -24,11 +24,11 @@ from redis.exceptions import RedisClusterException
 
 from cache import Keyspace
 from cache.keys import CacheKey
-from cache.redisconn import connect
+from cache.redisconn import connect, url_nodes
 from tests.conftest import LEASE_MS, auth, nonsense_word, ops, post_chat, small_stack
 from tests.redis_servers import RedisCluster3, RedisServer, own_redis
 from tests.sse import stream_chat, text_of
-from tests.stack import Stack, free_port
+from tests.stack import Stack, free_port, load_services
 
 # The Redis-level tests, run here with `redis_client` a cluster client (this module's).
 from tests.test_cache_redis import (  # noqa: F401
@@ -106,6 +106,23 @@ def test_a_cluster_url_may_name_several_seeds(cluster):
     assert len(client.get_nodes()) == 3  # it learned the whole cluster
     with pytest.raises(RedisClusterException):
         connect(f"redis://127.0.0.1:{dead}/0", cluster=True, socket_connect_timeout=1)
+
+
+@pytest.mark.parametrize(
+    "url, nodes",
+    [
+        ("redis://10.0.0.1:7000/0", [("10.0.0.1", 7000)]),
+        ("redis://u:p@a:7000,b,c:7002/0", [("a", 7000), ("b", 6379), ("c", 7002)]),
+        ("redis://[::1]:7000,[fe80::2]/0", [("::1", 7000), ("fe80::2", 6379)]),
+        ("redis://:secret@[::1]/1", [("::1", 6379)]),
+        ("redis:///0", [("127.0.0.1", 6379)]),
+    ],
+)
+def test_the_nodes_a_url_names_read_the_same_for_the_client_and_the_probe(url, nodes):
+    """The cluster client's seeds and scripts/services.py's probe parse one URL alike, IPv6
+    brackets included (the probe is a copy: it runs before anything of ours is imported)."""
+    assert url_nodes(url) == nodes
+    assert load_services().redis_nodes(url) == nodes
 
 
 def test_a_burst_on_a_cluster_is_one_llm_call(cluster_stack, standin, ns):
