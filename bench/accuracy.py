@@ -17,6 +17,10 @@ reader blind to the public label and to every score (bench/data/QQP_REREAD.md): 
 the point by either label set; retrieval on the shared paraphrase set: every first question
 indexed, each paraphrase gets its K=3 nearest and `Verifier.choose` serves one (right: its
 own entry).
+Questions that differ only in made-up lowercase words (generated, seed fixed; never the
+same question): how many the pair model accepts on its own and how many are served.
+`--both-orders` scores each pair in both orders and takes the mean (not what the cache
+does: a measurement of what the second pass would buy).
 
 Operating point: over a grid of cosine x score thresholds, the highest QQP val recall at
 precision >= --target-precision (0.90 when out of reach). Reported there and at the
@@ -118,28 +122,41 @@ class Judged:
         }
 
     def per_kind(self, stage: str, t_cos: float, t_score: float = 0.0) -> dict[str, list[int]]:
-        """kind -> [served, pairs] (a kind's pairs are all same or all different)."""
+        """kind -> [served, pairs]. A kind holding both labels (long_instruction) is split
+        into `<kind>_same` and `<kind>_different`, so that a count is always of one label."""
         served = self.served(stage, t_cos, t_score)
         kinds = np.array(self.kind)
-        return {
-            k: [int(served[kinds == k].sum()), int((kinds == k).sum())]
-            for k in sorted(set(self.kind))
-        }
+        out = {}
+        for k in sorted(set(self.kind)):
+            labels = sorted(set(self.same[kinds == k].tolist()))
+            for label in labels:
+                rows = (kinds == k) & (self.same == label)
+                name = k if len(labels) == 1 else f"{k}_{'same' if label else 'different'}"
+                out[name] = [int(served[rows].sum()), int(rows.sum())]
+        return out
 
 
 class Judge:
     """The verifier at score threshold 0 over a memoised pair model; pairs below the
     lowest cosine of the grid are never judged."""
 
-    def __init__(self, store: EmbeddingStore, pair: PairModel) -> None:
-        self.store, self.pair = store, pair
+    def __init__(self, store: EmbeddingStore, pair: PairModel, both_orders: bool = False) -> None:
+        self.store, self.pair, self.both_orders = store, pair, both_orders
         self.memo: dict[tuple[str, str], float | None] = {}
         self.verifier = Verifier(self.score, score_threshold=0.0)
 
-    def score(self, a: str, b: str) -> float | None:
+    def one(self, a: str, b: str) -> float | None:
         if (a, b) not in self.memo:
             self.memo[(a, b)] = self.pair.score(a, b)
         return self.memo[(a, b)]
+
+    def score(self, a: str, b: str) -> float | None:
+        """The served score (the query first); with `both_orders` the mean of both orders."""
+        first = self.one(a, b)
+        if not self.both_orders or first is None:
+            return first
+        second = self.one(b, a)
+        return None if second is None else (first + second) / 2
 
     def pairs(self, rows: Sequence[Row]) -> Judged:
         self.store.ensure(t for a, b, _, _ in rows for t in (a, b))
@@ -155,6 +172,51 @@ class Judge:
             score=np.array([v.score if v is not None else 0.0 for v in verdicts]),
             kind=[r[3] for r in rows],
         )
+
+
+MADE_UP_TEMPLATES = (
+    "Who invented the {} and why is it {}?",
+    "How do I clean a {} that smells {}?",
+    "What is the best {} for a {} beginner?",
+    "Why is the {} so {}?",
+    "Where can I buy a {} near {}?",
+)
+
+
+def made_up_rows(n: int = 200, seed: int = 11) -> dict[str, list[Row]]:
+    """Questions that differ only in made-up lowercase words (never the same question): one
+    word changed (the other slot holds "big"), or both."""
+    rng = random.Random(seed)
+
+    def word() -> str:
+        return "".join(rng.choice("bdfgklmnprstvz") + rng.choice("aeiou") for _ in range(4))
+
+    out: dict[str, list[Row]] = {}
+    for changed in (1, 2):
+        rows: list[Row] = []
+        for i in range(n):
+            t = MADE_UP_TEMPLATES[i % len(MADE_UP_TEMPLATES)]
+            second = (word(), word()) if changed == 2 else ("big", "big")
+            a, b = t.format(word(), second[0]), t.format(word(), second[1])
+            rows.append((a, b, False, "made_up"))
+        out[f"made_up_{changed}"] = rows
+    return out
+
+
+def made_up(judge: Judge, t_cos: float, t_score: float) -> dict[str, Any]:
+    """Per set: pairs, how many the pair model accepts on its own (no cosine, no guard),
+    how many the second stage serves (cosine >= t_cos, guards, pair model), the cosine's
+    p50."""
+    out: dict[str, Any] = {}
+    for name, rows in made_up_rows().items():
+        js = judge.pairs(rows)
+        out[name] = {
+            "pairs": len(rows),
+            "pair_model_accepts": sum((judge.score(a, b) or 0.0) >= t_score for a, b, _, _ in rows),
+            "served": int(js.served("verifier", t_cos, t_score).sum()),
+            "cosine_p50": round(float(np.median(js.cosine)), 3),
+        }
+    return out
 
 
 def choose_point(val: Judged, target: float) -> tuple[float, float, float]:
@@ -231,7 +293,13 @@ def retrieval(
 
 
 def cost(
-    store: EmbeddingStore, pair: PairModel, texts: list[str], t_cos: float, t_score: float, n: int
+    store: EmbeddingStore,
+    pair: PairModel,
+    texts: list[str],
+    t_cos: float,
+    t_score: float,
+    n: int,
+    both_orders: bool = False,
 ) -> dict[str, Any]:
     """ms per `Verifier.choose` (guards + pair model on every candidate it judges) over
     lookups of QQP val questions into an index of the others, for lookups with a candidate
@@ -241,7 +309,11 @@ def cost(
     def scorer(a: str, b: str) -> float | None:
         nonlocal calls
         calls += 1
-        return pair.score(a, b)
+        first = pair.score(a, b)
+        if not both_orders or first is None:
+            return first
+        second = pair.score(b, a)
+        return None if second is None else (first + second) / 2
 
     verifier = Verifier(scorer, score_threshold=t_score)
     matrix = np.stack([store.sent[t] for t in texts])
@@ -381,6 +453,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--calibrate", action="store_true", help="write into the manifest")
     parser.add_argument("--model-dir", type=Path, default=MODEL_DIR, help="the pair model")
     parser.add_argument(
+        "--both-orders", action="store_true", help="score pairs in both orders (mean)"
+    )
+    parser.add_argument(
         "--at",
         type=float,
         nargs=2,
@@ -396,7 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows, val = load_rows(size)
     shared = load_shared()[: size.retrieval]
     store, pair = EmbeddingStore(), PairModel(args.model_dir)
-    judge = Judge(store, pair)
+    judge = Judge(store, pair, both_orders=args.both_orders)
     store.ensure(t for p in load_shared() for t in p)
     sets = {name: judge.pairs(r) for name, r in rows.items()}
     log(f"judged {sum(len(r) for r in rows.values())} pairs, {len(judge.memo)} pair-model scores")
@@ -423,8 +498,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     reread_at = reread(rows["qqp_val"], sets["qqp_val"], t_cos, t_score)
     log(f"val pairs labelled again: {reread_at}")
+    made = made_up(judge, t_cos, t_score)
+    log(f"questions differing only in made-up words: {made}")
     texts = list(dict.fromkeys(t for p in val for t in (p.a, p.b)))
-    lookup = cost(store, pair, texts, t_cos, t_score, size.cost)
+    lookup = cost(store, pair, texts, t_cos, t_score, size.cost, args.both_orders)
     log(f"second stage per lookup: {lookup}")
     calib = calibration(sets["qqp_val"], t_cos)
     passed = floors(chosen["verifier"], lookup)
@@ -441,6 +518,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "at_operating_point": chosen,
         "baseline_cosine_0.80": baseline,
         "val_reread": reread_at,
+        "made_up_words": made,
+        "both_orders": args.both_orders,
         "second_stage_cost": lookup,
         "floors": passed,
         "val_curves": curve,
