@@ -42,12 +42,17 @@ from settings import Settings, current, pg_pool_kwargs, redis_timeouts
 T = TypeVar("T")
 
 
+OUTAGE_HOLD_S = 5.0
+
+
 class Outage:
     """PostgreSQL out of reach, remembered for `hold_s`: meanwhile each call through here
     fails at once (psycopg.OperationalError) instead of waiting a pool timeout for a
-    connection, so a PostgreSQL outage costs an answer one wait, not one per read."""
+    connection, so a PostgreSQL outage costs an answer one wait, not one per read. (An
+    answer given meanwhile is recorded, and so indexed, by the pending-answers loop once
+    PostgreSQL is back: up to `hold_s` later than otherwise.)"""
 
-    def __init__(self, hold_s: float = 5.0) -> None:
+    def __init__(self, hold_s: float = OUTAGE_HOLD_S) -> None:
         self.hold_s = hold_s
         self._until = 0.0
 
