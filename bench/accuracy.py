@@ -12,11 +12,12 @@ second stage: the pair model's P(same) >= the score threshold; one thread, memoi
 Sets: the public question pairs (bench/qqp.py, split by question component: the operating
 point is chosen on `val` only, `test` is only reported); bench/data/traps.jsonl;
 bench/data/nearmiss.jsonl (`tune` and `holdout` reported apart, per kind; neither chooses
-anything); 160 val candidate pairs (cosine >= 0.80, no guard veto) labelled again by one
-reader blind to the public label and to every score (bench/data/QQP_REREAD.md): precision at
-the point by either label set; retrieval on the shared paraphrase set: every first question
-indexed, each paraphrase gets its K=3 nearest and `Verifier.choose` serves one (right: its
-own entry).
+anything); bench/data/nearmiss_blind.jsonl and nearmiss_blind2.jsonl (written after every
+choice by readers blind to the code and to the other sets: report only); 160 val candidate
+pairs (cosine >= 0.80, no guard veto) labelled again by one reader blind to the public label
+and to every score (bench/data/QQP_REREAD.md): precision at the point by either label set;
+retrieval on the shared paraphrase set: every first question indexed, each paraphrase gets
+its K=3 nearest and `Verifier.choose` serves one (right: its own entry).
 Questions that differ only in made-up lowercase words (generated, seed fixed; never the
 same question): how many the pair model accepts on its own and how many are served.
 `--both-orders` scores each pair in both orders and takes the mean (not what the cache
@@ -58,6 +59,8 @@ from inference.pair_model import MODEL_DIR, PairModel
 ROOT = Path(__file__).resolve().parent.parent
 TRAPS = ROOT / "bench" / "data" / "traps.jsonl"
 NEARMISS = ROOT / "bench" / "data" / "nearmiss.jsonl"
+NEARMISS_BLIND = ROOT / "bench" / "data" / "nearmiss_blind.jsonl"
+NEARMISS_BLIND2 = ROOT / "bench" / "data" / "nearmiss_blind2.jsonl"
 REREAD = ROOT / "bench" / "data" / "qqp_val_reread.jsonl"
 K = 3  # candidates per lookup, as the answer task asks the index for
 BASELINE = 0.80  # SEMANTIC_THRESHOLD before the second stage
@@ -65,6 +68,7 @@ COSINES = [round(0.70 + 0.025 * i, 3) for i in range(9)]  # 0.70 .. 0.90
 SCORES = [round(0.05 + 0.01 * i, 2) for i in range(95)]  # 0.05 .. 0.99
 CURVE_SCORES = (0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
 FALLBACK_PRECISION = 0.90
+NEARMISS_SETS = ("nearmiss_tune", "nearmiss_holdout", "nearmiss_blind", "nearmiss_blind2")
 MIN_SUPPORT = 30  # served val pairs an operating or calibration point needs
 
 
@@ -351,7 +355,7 @@ def calibrate(model_dir: Path, point: dict[str, Any], calib: dict[str, Any]) -> 
 
 def report(sets: dict[str, Judged], stage: str, t_cos: float, t_score: float) -> dict[str, Any]:
     out: dict[str, Any] = {name: js.rates(stage, t_cos, t_score) for name, js in sets.items()}
-    for name in ("nearmiss_tune", "nearmiss_holdout"):
+    for name in NEARMISS_SETS:
         out[name]["per_kind"] = sets[name].per_kind(stage, t_cos, t_score)
     return out
 
@@ -405,7 +409,7 @@ def reread(rows: Sequence[Row], val: Judged, t_cos: float, t_score: float) -> di
 
 def floors(at: dict[str, Any], lookup: dict[str, Any]) -> dict[str, bool]:
     val, traps = at["qqp_val"], at["traps"]
-    nearmiss = max(at[n]["negatives_served"] for n in ("nearmiss_tune", "nearmiss_holdout"))
+    nearmiss = max(at[n]["negatives_served"] for n in NEARMISS_SETS)
     return {
         "val_precision>=0.90_at_recall>=0.50": (val["precision"] or 0.0) >= 0.90
         and val["recall"] >= 0.50,
@@ -435,6 +439,8 @@ def load_rows(size: Sizes) -> tuple[dict[str, list[Row]], list[qqp.Pair]]:
         "traps": labelled(load_labelled(TRAPS)),
         "nearmiss_tune": labelled([r for r in nearmiss if r["split"] == "tune"]),
         "nearmiss_holdout": labelled([r for r in nearmiss if r["split"] == "holdout"]),
+        "nearmiss_blind": labelled(load_labelled(NEARMISS_BLIND)),
+        "nearmiss_blind2": labelled(load_labelled(NEARMISS_BLIND2)),
     }, val
 
 

@@ -9,7 +9,10 @@ them in /usr/share/wordnet; WNSEARCHDIR moves them) and writes:
   single words, all parts of speech), each side with its inflected forms:
   `permit permits permitted permitting|forbid forbids forbade forbidden forbidding`;
 - `siblings.tsv`: nouns that share a direct hypernym and no synset (co-hyponyms: teacher /
-  lecturer, cat / dog), with the hypernym; used only to generate training negatives.
+  lecturer, cat / dog), with the hypernym; used only to generate training negatives;
+- `synonyms.txt`: one line per synset of two or more single words, all their inflected
+  forms (`buy buys bought buying purchase purchases purchased purchasing`): two words on one
+  line can be synonyms (the verifier's swap guard, cache/verify).
 
 WordNet 3.0 is Princeton University's, under a licence that permits use, copying and
 redistribution with its copyright notice (kept in the output's header). The opposites feed
@@ -128,7 +131,9 @@ def _first_senses(wordnet: Path) -> dict[str, str]:
     return out
 
 
-def build(wordnet: Path) -> tuple[list[tuple[set[str], set[str]]], list[tuple[str, str, str]]]:
+def build(
+    wordnet: Path,
+) -> tuple[list[tuple[set[str], set[str]]], list[tuple[str, str, str]], list[set[str]]]:
     exc = {p: _exceptions(wordnet, p) for p in ("noun", "verb", "adj")}
     words_of: dict[tuple[str, str], list[str]] = {}
     pointers_of: dict[tuple[str, str], list[tuple[str, str, str, str]]] = {}
@@ -158,6 +163,11 @@ def build(wordnet: Path) -> tuple[list[tuple[set[str], set[str]]], list[tuple[st
             a, b = sorted((src, dst))
             fa, fb = pairs.get((a, b), (set(), set()))
             pairs[(a, b)] = (fa | forms(a, pos), fb | forms(b, pos))
+    groups = []
+    for (pos, _), words in words_of.items():
+        members = sorted({w for w in words if re.fullmatch(r"[a-z]+", w) and len(w) > 1})
+        if len(members) >= 2:
+            groups.append(set().union(*(forms(w, pos) for w in members)))
     opposites = []
     for fa, fb in pairs.values():
         fa, fb = fa - fb, fb - fa  # a form on both sides (lead/lead) tells nothing
@@ -194,7 +204,7 @@ def build(wordnet: Path) -> tuple[list[tuple[set[str], set[str]]], list[tuple[st
             for y in heads[i + 1 :]:
                 if x != y and y not in synonyms[x]:
                     siblings.add((*sorted((x, y)), hyper))
-    return opposites, sorted(siblings)
+    return opposites, sorted(siblings), groups
 
 
 def main() -> None:
@@ -204,7 +214,7 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=ROOT / "var" / "lexicon")
     args = parser.parse_args()
-    opposites, siblings = build(args.wordnet)
+    opposites, siblings, synonyms = build(args.wordnet)
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "opposites.txt", "w", encoding="utf-8") as fh:
         fh.write(NOTICE)
@@ -214,7 +224,14 @@ def main() -> None:
         fh.write(NOTICE)
         for x, y, hyper in siblings:
             fh.write(f"{x}\t{y}\t{hyper}\n")
-    print(f"{len(opposites)} opposite pairs, {len(siblings)} sibling pairs -> {args.out}")
+    with open(args.out / "synonyms.txt", "w", encoding="utf-8") as fh:
+        fh.write(NOTICE)
+        for line in sorted({" ".join(sorted(g)) for g in synonyms}):
+            fh.write(line + "\n")
+    print(
+        f"{len(opposites)} opposite pairs, {len(siblings)} sibling pairs, "
+        f"{len(synonyms)} synonym groups -> {args.out}"
+    )
 
 
 if __name__ == "__main__":

@@ -114,12 +114,14 @@ TRAPS = [
     ("Is smoking permitted in the park?", "Is smoking forbidden in the park?"),
     ("Is 5 > 3?", "Is 5 < 3?"),
 ]
+# (Rewordings that swap a single word for a synonym WordNet does not list, "symptoms" /
+# "signs", are refused by the swap guard: tests/test_verify.py.)
 KEPT = [
     ("How do I reset my router?", "What's the way to reset my router?"),
-    ("What are the symptoms of diabetes?", "What are the signs of diabetes?"),
+    ("What are the symptoms of diabetes?", "What are the typical signs of having diabetes?"),
     ("How tall is the Eiffel Tower?", "What is the height of the Eiffel Tower?"),
     ("How many calories are in 2 eggs?", "How many calories do two eggs have?"),
-    ("How do I turn off Bluetooth on my laptop?", "How do I disable Bluetooth on my laptop?"),
+    ("How do I turn off Bluetooth on my laptop?", "How can I disable my laptop's Bluetooth?"),
     ("Who wrote Pride and Prejudice?", "Who is the author of Pride and Prejudice?"),
     ("In Python, how do I sort a list?", "How do I sort a list in Python?"),
     ("hi! how do I reset my router? thanks", "How do I reset my router"),

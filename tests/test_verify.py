@@ -21,6 +21,7 @@ from cache.verify import (
     guard_opposite,
     guard_order,
     guard_scope,
+    guard_swap,
     guard_symbols,
     run_guards,
 )
@@ -69,6 +70,22 @@ GUARD_CASES = [
     (guard_order, "Why do cats chase mice?", "Why do mice chase cats?", VETO),
     (guard_order, "How do I get from JFK to Manhattan?",
      "What's the best way to get to Manhattan from JFK?", PASS),
+    # One word swapped in an otherwise identical prompt: another question, unless the two
+    # words are synonyms, forms of one word or a typo, or one side only adds words.
+    (guard_swap, "How long does it take to boil pasta?", "How long does it take to bake pasta?",
+     VETO),
+    (guard_swap, "What does a plumber charge per hour?",
+     "What does an electrician charge per hour?", VETO),
+    (guard_swap, "Is it cheaper to lease a car?", "Is it cheaper to buy a car?", VETO),
+    (guard_swap, "How do I repair a leaking tap?", "How do I fix a leaking tap?", PASS),
+    (guard_swap, "How do I recieve a parcel abroad?", "How do I receive a parcel abroad?", PASS),
+    (guard_swap, "How do I learn the guitar?", "How do I start learning the guitar?", PASS),
+    (guard_swap, "How do I clean suede shoes?", "How do I clean my suede shoes?", PASS),
+    (guard_swap, "Why won't my car start?", "Why does my car start?", PASS),  # negation's
+    (guard_swap, "Who won the World Cup in 2014?", "Who won the World Cup in 2018?", PASS),
+    (guard_swap, "How do I reset my router?", "What's the way to reset my router?", PASS),
+    # The price: a rewording that swaps one word for a synonym WordNet does not list.
+    (guard_swap, "What are the symptoms of diabetes?", "What are the signs of diabetes?", VETO),
     # Symbols and operators.
     (guard_symbols, "Is 5 > 3?", "Is 5 < 3?", VETO),
     (guard_symbols, "What is 2+2?", "What is 2-2?", VETO),
@@ -359,7 +376,7 @@ def test_a_veto_is_never_doubtful():
 
 def test_verdict_reports_every_check_as_json():
     verdict = Verifier(Scripted(score=0.123456), score_threshold=0.5).verify(
-        "How do I reset my router?", "How do I reset my printer?", 0.987654
+        "How do I reset my router?", "What is the way to reset a router?", 0.987654
     )
     payload = json.loads(json.dumps(verdict.as_dict()))
     assert payload.keys() == {"accept", "similarity", "score", "checks"}
@@ -367,7 +384,7 @@ def test_verdict_reports_every_check_as_json():
     assert payload["similarity"] == 0.9877 and payload["score"] == 0.1235
     names = [c["name"] for c in payload["checks"]]
     assert names[0] == "cosine" and names[-1] == "pair_model"
-    assert {"negation", "numbers", "entities", "order", "opposite", "symbols"} <= set(names)
+    assert {"negation", "numbers", "entities", "order", "opposite", "symbols", "swap"} <= set(names)
     assert all({"name", "passed"} <= c.keys() for c in payload["checks"])
     assert payload["checks"][-1]["score"] == 0.1235
 

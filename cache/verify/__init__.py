@@ -45,6 +45,7 @@ from cache.verify.guards import (
     guard_opposite,
     guard_order,
     guard_scope,
+    guard_swap,
     guard_symbols,
     run_guards,
 )
@@ -75,6 +76,7 @@ __all__ = [
     "guard_opposite",
     "guard_order",
     "guard_scope",
+    "guard_swap",
     "guard_symbols",
     "is_content_word",
     "run_guards",

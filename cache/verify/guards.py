@@ -9,10 +9,10 @@ import re
 import unicodedata
 from collections import Counter
 
-from cache.verify.lexicon import NEG_PREFIXES, OPPOSITES, SYMMETRIC
+from cache.verify.lexicon import NEG_PREFIXES, NEGATIONS, OPPOSITES, SYMMETRIC, synonyms
 from cache.verify.results import Check
 from cache.verify.text import Text, analyse, jaccard
-from cache.verify.words import stem
+from cache.verify.words import is_content_word, stem
 
 
 def guard_negation(a: str, b: str) -> Check:
@@ -270,8 +270,72 @@ def _moved(cx: list[str], head: list[str], tail: list[str]) -> bool:
     return any(cx[i : i + n] == head and cx[:i] + cx[i + n :] == tail for i in range(len(cx)))
 
 
+def _swapped(x: Text, y: Text) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """The one span (one or two words a side) by which two prompts differ, every word before
+    and after it the same; None when they differ otherwise or keep fewer than 3 words."""
+    lx, ly = x.lows, y.lows
+    n = min(len(lx), len(ly))
+    i = 0
+    while i < n and lx[i] == ly[i]:
+        i += 1
+    j = 0
+    while j < n - i and lx[-1 - j] == ly[-1 - j]:
+        j += 1
+    sx, sy = lx[i : len(lx) - j], ly[i : len(ly) - j]
+    if not (1 <= len(sx) <= 2 and 1 <= len(sy) <= 2) or len(lx) - len(sx) < 3:
+        return None
+    return sx, sy
+
+
+def _typo(x: str, y: str) -> bool:
+    """One letter added, dropped, changed or two swapped, in words of 5 letters or more."""
+    if min(len(x), len(y)) < 5 or abs(len(x) - len(y)) > 1:
+        return False
+    if len(x) == len(y):
+        d = [i for i in range(len(x)) if x[i] != y[i]]
+        return len(d) == 1 or (
+            len(d) == 2 and d[1] == d[0] + 1 and (x[d[0]], x[d[1]]) == (y[d[1]], y[d[0]])
+        )
+    short, long_ = sorted((x, y), key=len)
+    return any(long_[:i] + long_[i + 1 :] == short for i in range(len(long_)))
+
+
+def _alike(x: str, y: str) -> bool:
+    """Two words that may mean the same: synonyms (WordNet), forms of one word, a typo."""
+    if stem(x) == stem(y) or _typo(x, y) or synonyms(x, y):
+        return True
+    short, long_ = sorted((x, y), key=len)
+    return len(short) >= 4 and long_.startswith(short)  # hair/haired, learn/learning
+
+
+def guard_swap(a: str, b: str) -> Check:
+    """One word (or two) swapped for another in an otherwise identical prompt: freeze/thaw,
+    teacher/principal, owning/renting, solicitor/barrister. Two prompts that differ in one
+    spot only are a minimal pair; a rewording that changes a single word uses a synonym, a
+    form of the same word or a typo of it, or only adds words ("learn" / "start learning").
+    Anything else is read as another question, even where no word list knows the two words
+    as opposites or siblings. Negation words, numbers and names are the other guards'."""
+    ta, tb = analyse(a), analyse(b)
+    span = _swapped(ta, tb)
+    if span is None:
+        return Check("swap", True)
+    sa, sb = span
+    words = sa + sb
+    if any(w in NEGATIONS or w.endswith("n't") or any(c.isdigit() for c in w) for w in words):
+        return Check("swap", True)
+    ca = [w for w in sa if is_content_word(w)]
+    cb = [w for w in sb if is_content_word(w)]
+    if not ca or not cb:
+        return Check("swap", True)
+    # Every content word of one side has its like on the other: a synonym, or words added.
+    for x, y in ((ca, cb), (cb, ca)):
+        if all(any(_alike(u, v) for v in y) for u in x):
+            return Check("swap", True)
+    return Check("swap", False, f"{' '.join(sa)}/{' '.join(sb)}", level=2)
+
+
 GUARDS = (guard_negation, guard_numbers, guard_entities, guard_scope, guard_direction,
-          guard_order, guard_opposite, guard_symbols)  # fmt: skip
+          guard_order, guard_opposite, guard_symbols, guard_swap)  # fmt: skip
 
 
 def _odd_negations(a: str, b: str) -> bool:

@@ -9,6 +9,8 @@ dates.json                    months, weekdays, time units
 opposites.txt                 direct antonyms from WordNet 3.0, every word form
                               (bench/build_lexicon.py; WordNet's licence in its header)
 opposites_extra.txt           opposites and roles WordNet lacks (buyer/seller, ...)
+synonyms.txt                  WordNet's synsets of two or more words, every word form, one a
+                              line (bench/build_lexicon.py); read on first use
 fillers.txt                   greetings, fillers and sign-offs (text.comparable)
 function_words.json           frequent function words of English and six other languages
                               (language.foreign)
@@ -20,6 +22,7 @@ text only the other pole (guards.guard_direction).
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +98,27 @@ def _opposites() -> dict[str, frozenset[str]]:
 
 
 OPPOSITES = _opposites()
+
+
+@lru_cache(maxsize=1)
+def synonym_groups() -> dict[str, tuple[int, ...]]:
+    """Word form -> the numbers of the synonyms.txt lines holding it (~15 MB, 0.1 s: read
+    when a Verifier is built, not by every importer)."""
+    out: dict[str, list[int]] = {}
+    lines = (DATA / "synonyms.txt").read_text(encoding="utf-8").splitlines()
+    for i, line in enumerate(lines):
+        if not line.startswith("#"):
+            for form in line.split():
+                out.setdefault(form, []).append(i)
+    return {form: tuple(ids) for form, ids in out.items()}
+
+
+def synonyms(x: str, y: str) -> bool:
+    """x and y (lowercase word forms) share a WordNet synset: buy/purchased, fix/repair."""
+    groups = synonym_groups()
+    return not set(groups.get(x, ())).isdisjoint(groups.get(y, ()))
+
+
 FILLERS: tuple[str, ...] = tuple(
     sorted((w for w in _lines("fillers.txt")), key=lambda p: (-len(p.split()), p))
 )

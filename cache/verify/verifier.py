@@ -7,7 +7,7 @@ For a candidate whose cosine passed the first stage:
    (text.comparable), which is accepted at once;
 2. no hard guard may find a conflict (guards.py: numbers with their units, symbols and
    operators, negation, opposites, named entities, quantifiers, direction, swapped
-   roles) -- each a veto because it is precise on minimal pairs;
+   roles, one word swapped for one that is no synonym) -- each a veto;
 3. the pair model (a MiniLM cross-encoder reading both prompts together:
    inference/pair_model.py) must give P(same question) >= the score threshold, which
    the caller may set per namespace (cache/audit.py learns it). A pair beyond the
@@ -20,13 +20,14 @@ from collections.abc import Iterable, Sequence
 
 from cache.verify.guards import run_guards
 from cache.verify.language import foreign
+from cache.verify.lexicon import synonym_groups
 from cache.verify.results import Check, Option, PairScorer, Verdict, VerifierError
 from cache.verify.text import comparable
 
 # Guards whose conflicts (level 2) veto on their own; each measured precise on minimal
 # pairs (docs/BENCHMARKS.md, "Semantic accuracy").
 HARD_GUARDS = frozenset(
-    {"negation", "numbers", "entities", "direction", "order", "scope", "opposite", "symbols"}
+    "negation numbers entities direction order scope opposite symbols swap".split()
 )
 
 
@@ -46,6 +47,7 @@ class Verifier:
         self.pair_model = pair_model
         self.score_threshold = float(score_threshold)
         self.hard_guards = frozenset(hard_guards)
+        synonym_groups()  # read now, not on the first request
 
     def choose(
         self,
