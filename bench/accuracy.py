@@ -53,7 +53,7 @@ import numpy as np
 from bench import qqp
 from bench.build_pairs import EmbeddingStore, load_labelled, load_shared, normalise
 from cache.verify import Option, Verifier, comparable, foreign
-from cache.verify.text import analyse
+from cache.verify.text import analyse, without_fillers
 from inference.pair_model import MODEL_DIR, PairModel
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -327,7 +327,7 @@ def cost(
         top = [int(i) for i in np.argsort(-sims)[: K + 1] if texts[i] != query][:K]
         if sims[top[0]] < t_cos:
             continue
-        for cached in (analyse, comparable, foreign):
+        for cached in (analyse, comparable, foreign, without_fillers):
             cached.cache_clear()
         started = time.perf_counter()
         verifier.choose(query, [Option(texts[i], float(sims[i])) for i in top], threshold=t_cos)

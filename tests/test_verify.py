@@ -157,7 +157,11 @@ def test_guard_on_clear_examples(guard, a, b, level):
 def test_a_comparative_flipped_with_its_operands_is_the_same_question():
     checks = {c.name: c for c in run_guards("Is Mount Everest taller than K2?",
                                             "Is K2 shorter than Mount Everest?")}  # fmt: skip
-    assert checks["direction"].passed and checks["order"].passed
+    assert all(c.passed for c in checks.values()), checks  # taller/shorter: an opposite too
+    flipped = run_guards("Is a cheetah faster than a lion?", "Is a lion slower than a cheetah?")
+    assert all(c.passed for c in flipped), flipped
+    other = run_guards("Is a cheetah faster than a lion?", "Is a cheetah slower than a lion?")
+    assert any(c.level == 2 for c in other), other
 
 
 def test_a_negated_opposite_is_the_same_question():
@@ -340,6 +344,33 @@ def test_english_with_a_foreign_name_is_not_refused():
         "What is the capital of Côte d'Ivoire?", "Which city is the capital of Côte d'Ivoire?", 0.9
     )
     assert verdict.check("language") is None and verdict.accept
+
+
+def test_a_quoted_foreign_phrase_does_not_make_the_question_foreign():
+    pair = Scripted(score=0.9)
+    verdict = Verifier(pair, score_threshold=0.5).verify(
+        'What does "sur le champ" mean?', 'What is the meaning of "sur le champ"?', 0.9
+    )
+    assert verdict.check("language") is None and verdict.accept
+    refused = Verifier(pair, score_threshold=0.5).verify(
+        'Que veut dire "deadline" ?', 'Que signifie "deadline" ?', 0.9
+    )
+    assert _failed(refused) == ["language"]
+
+
+def test_the_guards_do_not_read_the_fillers():
+    """"If you don't mind me asking" holds a negation the question does not."""
+    pair = Scripted(score=0.9)
+    verdict = Verifier(pair, score_threshold=0.5).verify(
+        "If you don't mind me asking, how much does a passport renewal cost?",
+        "How much does it cost to renew a passport?",
+        0.9,
+    )
+    assert verdict.accept and _failed(verdict) == []
+    negated = Verifier(pair, score_threshold=0.5).verify(
+        "Why don't cats like water?", "Why do cats like water?", 0.9
+    )
+    assert "negation" in _failed(negated)
 
 
 def test_a_pair_beyond_the_window_is_refused():

@@ -357,11 +357,13 @@ def run_guards(a: str, b: str) -> list[Check]:
             for c in checks
         ]
         by = {c.name: c for c in checks}
-    if by["direction"].level == 2 and by["order"].level >= 1:
+    flipped = by["direction"].level == 2 or by["opposite"].level == 2
+    if flipped and by["order"].level >= 1:
+        # "Is A taller than B" == "Is B shorter than A": the comparative and its operands.
         if "than" in analyse(a).lowset | analyse(b).lowset:
             checks = [
                 Check(c.name, True, "double flip: " + c.detail)
-                if c.name in ("direction", "order")
+                if c.name in ("direction", "opposite", "order")
                 else c
                 for c in checks
             ]

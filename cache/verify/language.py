@@ -14,6 +14,7 @@ case, spacing and fillers (text.comparable); otherwise exact hits only.
   words English shares, like "die" or "also", count for English only); or one of them and
   no English function word; or accented words and no English function word ("Router
   zurücksetzen?"). A tie refuses: a lost hit costs one LLM call, a wrong one a wrong answer.
+  Words in double quotes are left out of this count.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from cache.verify.lexicon import ENGLISH_WORDS, FOREIGN_WORDS
 
 _WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)?")
 _MAX_OTHER_SCRIPT = 0.2
+_QUOTED = re.compile(r'"[^"]*"|“[^”]*”|«[^»]*»')
 
 
 def _latin(char: str) -> bool:
@@ -39,7 +41,9 @@ def foreign(text: str) -> str | None:
         other = sum(not _latin(c) for c in letters)
         if other > _MAX_OTHER_SCRIPT * len(letters):
             return "not in the Latin script"
-    words = [w.casefold() for w in _WORD.findall(text)]
+    # A quoted phrase is what is asked about, not the language asking: 'What does "per se"
+    # mean?' is an English question.
+    words = [w.casefold() for w in _WORD.findall(_QUOTED.sub(" ", text))]
     english = sum(w in ENGLISH_WORDS for w in words)
     for lang, vocabulary in FOREIGN_WORDS.items():
         hits = sum(w in vocabulary for w in words)

@@ -232,6 +232,18 @@ _SOFT_PUNCT = re.compile(r"(?:[\s.,;:?¿¡…\"“”‘’—–]|(?<![\d)])!(?
 
 
 @lru_cache(maxsize=8192)
+def without_fillers(text: str) -> str:
+    """The text with its greetings, fillers and sign-offs removed (case and punctuation
+    kept), for the guards: "If you don't mind me asking, ..." holds no negation of the
+    question. The text itself when nothing else would be left."""
+    t = _ANYWHERE.sub("", text)
+    for _ in range(3):
+        t = _LEADING.sub("", t.strip())
+        t = _TRAILING.sub("", t.strip())
+    return t.strip() or text
+
+
+@lru_cache(maxsize=8192)
 def comparable(text: str) -> str:
     """The text two prompts are compared by: Unicode-normalised (NFKC, casefold), greetings,
     fillers, sign-offs and emoji removed, punctuation and spacing collapsed; symbols and

@@ -22,7 +22,7 @@ from cache.verify.guards import run_guards
 from cache.verify.language import foreign
 from cache.verify.lexicon import synonym_groups
 from cache.verify.results import Check, Option, PairScorer, Verdict, VerifierError
-from cache.verify.text import comparable
+from cache.verify.text import comparable, without_fillers
 
 # Guards whose conflicts (level 2) veto on their own; each measured precise on minimal
 # pairs (docs/BENCHMARKS.md, "Semantic accuracy").
@@ -86,7 +86,7 @@ class Verifier:
             reason = foreign(text)
             if reason is not None:
                 return Verdict(False, similarity, 0.0, (first, Check("language", False, reason)))
-        checks = run_guards(query, candidate)
+        checks = run_guards(without_fillers(query), without_fillers(candidate))
         if self._vetoed(checks):
             return Verdict(False, similarity, 0.0, (first, *checks))
         score = self.pair_model(query, candidate)
