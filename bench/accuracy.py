@@ -12,8 +12,8 @@ second stage: the pair model's P(same) >= the score threshold; one thread, memoi
 Sets: the public question pairs (bench/qqp.py, split by question component: the operating
 point is chosen on `val` only, `test` is only reported); bench/data/traps.jsonl;
 bench/data/nearmiss.jsonl (`tune` and `holdout` reported apart, per kind; neither chooses
-anything); bench/data/nearmiss_blind.jsonl and nearmiss_blind2.jsonl (written after every
-choice by readers blind to the code and to the other sets: report only); 160 val candidate
+anything); bench/data/nearmiss_blind.jsonl, nearmiss_blind2.jsonl and nearmiss_blind3.jsonl
+(written by readers blind to the code and to the other sets: report only); 160 val candidate
 pairs (cosine >= 0.80, no guard veto) labelled again by one reader blind to the public label
 and to every score (bench/data/QQP_REREAD.md): precision at the point by either label set;
 retrieval on the shared paraphrase set: every first question indexed, each paraphrase gets
@@ -61,6 +61,7 @@ TRAPS = ROOT / "bench" / "data" / "traps.jsonl"
 NEARMISS = ROOT / "bench" / "data" / "nearmiss.jsonl"
 NEARMISS_BLIND = ROOT / "bench" / "data" / "nearmiss_blind.jsonl"
 NEARMISS_BLIND2 = ROOT / "bench" / "data" / "nearmiss_blind2.jsonl"
+NEARMISS_BLIND3 = ROOT / "bench" / "data" / "nearmiss_blind3.jsonl"
 REREAD = ROOT / "bench" / "data" / "qqp_val_reread.jsonl"
 K = 3  # candidates per lookup, as the answer task asks the index for
 BASELINE = 0.80  # SEMANTIC_THRESHOLD before the second stage
@@ -68,7 +69,13 @@ COSINES = [round(0.70 + 0.025 * i, 3) for i in range(9)]  # 0.70 .. 0.90
 SCORES = [round(0.05 + 0.01 * i, 2) for i in range(95)]  # 0.05 .. 0.99
 CURVE_SCORES = (0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
 FALLBACK_PRECISION = 0.90
-NEARMISS_SETS = ("nearmiss_tune", "nearmiss_holdout", "nearmiss_blind", "nearmiss_blind2")
+NEARMISS_SETS = (
+    "nearmiss_tune",
+    "nearmiss_holdout",
+    "nearmiss_blind",
+    "nearmiss_blind2",
+    "nearmiss_blind3",
+)
 MIN_SUPPORT = 30  # served val pairs an operating or calibration point needs
 
 
@@ -441,6 +448,7 @@ def load_rows(size: Sizes) -> tuple[dict[str, list[Row]], list[qqp.Pair]]:
         "nearmiss_holdout": labelled([r for r in nearmiss if r["split"] == "holdout"]),
         "nearmiss_blind": labelled(load_labelled(NEARMISS_BLIND)),
         "nearmiss_blind2": labelled(load_labelled(NEARMISS_BLIND2)),
+        "nearmiss_blind3": labelled(load_labelled(NEARMISS_BLIND3)),
     }, val
 
 
