@@ -10,7 +10,7 @@ opposites.txt                 direct antonyms from WordNet 3.0, every word form
                               (bench/build_lexicon.py; WordNet's licence in its header)
 opposites_extra.txt           opposites and roles WordNet lacks (buyer/seller, ...)
 synonyms.txt                  WordNet's synsets of two or more words, every word form, one a
-                              line (bench/build_lexicon.py); read on first use
+                              line (bench/build_lexicon.py); read when a Verifier is built
 fillers.txt                   greetings, fillers and sign-offs (text.comparable)
 function_words.json           frequent function words of English and six other languages
                               (language.foreign)
