@@ -80,6 +80,7 @@ GUARD_CASES = [
     (guard_swap, "How do I repair a leaking tap?", "How do I fix a leaking tap?", PASS),
     (guard_swap, "How do I recieve a parcel abroad?", "How do I receive a parcel abroad?", PASS),
     (guard_swap, "How do I learn the guitar?", "How do I start learning the guitar?", PASS),
+    (guard_swap, "How much does a paint job cost?", "How much does a painter job cost?", VETO),
     (guard_swap, "How do I clean suede shoes?", "How do I clean my suede shoes?", PASS),
     (guard_swap, "Why won't my car start?", "Why does my car start?", PASS),  # negation's
     (guard_swap, "Who won the World Cup in 2014?", "Who won the World Cup in 2018?", PASS),

@@ -300,12 +300,16 @@ def _typo(x: str, y: str) -> bool:
     return any(long_[:i] + long_[i + 1 :] == short for i in range(len(long_)))
 
 
+_INFLECTIONS = ("s", "es", "d", "ed", "ing", "ly")
+
+
 def _alike(x: str, y: str) -> bool:
-    """Two words that may mean the same: synonyms (WordNet), forms of one word, a typo."""
+    """Two words that may mean the same: synonyms (WordNet), forms of one word (hair/haired,
+    learn/learning; not paint/painter or book/bookcase), a typo."""
     if stem(x) == stem(y) or _typo(x, y) or synonyms(x, y):
         return True
     short, long_ = sorted((x, y), key=len)
-    return len(short) >= 4 and long_.startswith(short)  # hair/haired, learn/learning
+    return len(short) >= 3 and any(long_ == short + end for end in _INFLECTIONS)
 
 
 def guard_swap(a: str, b: str) -> Check:
