@@ -52,7 +52,7 @@ import numpy as np
 
 from bench import qqp
 from bench.build_pairs import EmbeddingStore, load_labelled, load_shared, normalise
-from cache.verify import Option, Verifier, comparable, foreign
+from cache.verify import Option, PairScorer, Verifier, comparable, foreign
 from cache.verify.text import analyse, without_fillers
 from inference.pair_model import MODEL_DIR, PairModel
 
@@ -147,27 +147,32 @@ class Judged:
         return out
 
 
+def scored(score: PairScorer, both_orders: bool) -> PairScorer:
+    """`score` (the query first), or with `both_orders` the mean of both orders."""
+    if not both_orders:
+        return score
+
+    def mean(a: str, b: str) -> float | None:
+        first, second = score(a, b), score(b, a)
+        return None if first is None or second is None else (first + second) / 2
+
+    return mean
+
+
 class Judge:
     """The verifier at score threshold 0 over a memoised pair model; pairs below the
     lowest cosine of the grid are never judged."""
 
     def __init__(self, store: EmbeddingStore, pair: PairModel, both_orders: bool = False) -> None:
-        self.store, self.pair, self.both_orders = store, pair, both_orders
+        self.store, self.pair = store, pair
         self.memo: dict[tuple[str, str], float | None] = {}
+        self.score = scored(self.one, both_orders)
         self.verifier = Verifier(self.score, score_threshold=0.0)
 
     def one(self, a: str, b: str) -> float | None:
         if (a, b) not in self.memo:
             self.memo[(a, b)] = self.pair.score(a, b)
         return self.memo[(a, b)]
-
-    def score(self, a: str, b: str) -> float | None:
-        """The served score (the query first); with `both_orders` the mean of both orders."""
-        first = self.one(a, b)
-        if not self.both_orders or first is None:
-            return first
-        second = self.one(b, a)
-        return None if second is None else (first + second) / 2
 
     def pairs(self, rows: Sequence[Row]) -> Judged:
         self.store.ensure(t for a, b, _, _ in rows for t in (a, b))
@@ -317,16 +322,12 @@ def cost(
     >= t_cos. The text-analysis caches are cleared first: nothing is warm."""
     calls = 0
 
-    def scorer(a: str, b: str) -> float | None:
+    def counted(a: str, b: str) -> float | None:
         nonlocal calls
         calls += 1
-        first = pair.score(a, b)
-        if not both_orders or first is None:
-            return first
-        second = pair.score(b, a)
-        return None if second is None else (first + second) / 2
+        return pair.score(a, b)
 
-    verifier = Verifier(scorer, score_threshold=t_score)
+    verifier = Verifier(scored(counted, both_orders), score_threshold=t_score)
     matrix = np.stack([store.sent[t] for t in texts])
     times = []
     for query in random.Random(1).sample(texts, len(texts)):

@@ -31,8 +31,8 @@ def connect(url: str, cluster: bool = False, **kwargs: Any) -> redis.Redis:
 
 def url_nodes(url: str) -> list[tuple[str, int]]:
     """(host, port) of each node a redis:// URL names, comma-separated; IPv6 hosts in
-    brackets (`[::1]:7000`); port 6379 when none is given. scripts/services.py (standard
-    library only, run before any of ours is imported) keeps a copy of this parser."""
+    brackets (`[::1]:7000`); port 6379 when none is given. scripts/services.py loads this
+    module by its path to probe the same nodes."""
     nodes = []
     for node in urlsplit(url).netloc.rpartition("@")[2].split(","):
         if node.startswith("["):

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import functools
 import glob
 import hashlib
+import importlib.util
 import os
 import pwd
 import shutil
@@ -88,21 +90,20 @@ def redis_answers(url: str) -> bool:
     return True
 
 
+@functools.cache
+def _load_redisconn():
+    """cache/redisconn.py by its path: `import cache` would load numpy and the index."""
+    spec = importlib.util.spec_from_file_location("flock_redisconn", ROOT / "cache/redisconn.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def redis_nodes(url: str) -> list[tuple[str, int]]:
     """(host, port) of each node a redis:// URL names: one, or several comma-separated (a
-    Redis Cluster's seeds, REDIS_CLUSTER=1); IPv6 hosts in brackets. A copy of
-    cache.redisconn.url_nodes (importing `cache` here would load numpy and redis);
-    tests/test_cluster.py checks that the two agree."""
-    nodes = []
-    for node in urlsplit(url).netloc.rpartition("@")[2].split(","):
-        if node.startswith("["):
-            host, _, rest = node[1:].partition("]")
-            port = rest.removeprefix(":")
-        else:
-            host, colon, port = node.rpartition(":")
-            host, port = (host, port) if colon else (node, "")
-        nodes.append((host or "127.0.0.1", int(port) if port else 6379))
-    return nodes
+    Redis Cluster's seeds, REDIS_CLUSTER=1), parsed as the cluster client parses them."""
+    return _load_redisconn().url_nodes(url)
 
 
 def _accepts(host: str, port: int) -> bool:

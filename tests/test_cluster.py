@@ -120,7 +120,7 @@ def test_a_cluster_url_may_name_several_seeds(cluster):
 )
 def test_the_nodes_a_url_names_read_the_same_for_the_client_and_the_probe(url, nodes):
     """The cluster client's seeds and scripts/services.py's probe parse one URL alike, IPv6
-    brackets included (the probe is a copy: it runs before anything of ours is imported)."""
+    brackets included."""
     assert url_nodes(url) == nodes
     assert load_services().redis_nodes(url) == nodes
 
